@@ -1,0 +1,59 @@
+//! The command line: `mpu-sweeper sweep ...`.
+
+mod progress;
+mod sweep_command;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use sweep_command::SweepArgs;
+
+/// Exit statuses, shared by every subcommand.
+pub mod exit {
+    /// Everything worked.
+    pub const OK: u8 = 0;
+    /// The sweep ran but some aborts failed.
+    pub const SOME_FAILED: u8 = 1;
+    /// Bad usage: flags, values, unreadable files.
+    pub const USAGE: u8 = 2;
+    /// The bucket could not be listed (credentials, missing bucket, endpoint unreachable).
+    pub const LISTING_FAILED: u8 = 3;
+    /// Interrupted by a signal after finishing the aborts in flight.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mpu-sweeper",
+    version,
+    about = "Finds and aborts stale S3 multipart uploads"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sweep one bucket once: list incomplete multipart uploads and abort those older than --max-age.
+    Sweep(SweepArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = match cli.command {
+        Command::Sweep(args) => runtime.block_on(sweep_command::run(args)),
+    };
+    ExitCode::from(status)
+}

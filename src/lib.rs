@@ -1,0 +1,10 @@
+//! mpu-sweeper: finds and aborts stale S3 multipart uploads.
+//!
+//! - [`sweep`]: the S3 engine (no Kubernetes in it).
+//! - [`cli`]: the command line, including the one-shot `sweep` command.
+//! - [`max_age`]: the age syntax shared by the command and the custom resource.
+
+pub mod cli;
+pub mod max_age;
+pub mod sweep;
+pub mod telemetry;

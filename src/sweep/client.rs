@@ -1,0 +1,299 @@
+//! Building the S3 client: endpoint, region, addressing style, trust roots, credentials,
+//! retries and timeouts.
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_smithy_async::time::SharedTimeSource;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// How requests name the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AddressingStyle {
+    /// `https://bucket.endpoint/key` (AWS's default and the only one some providers accept).
+    #[default]
+    Virtual,
+    /// `https://endpoint/bucket/key` (Ceph RGW, MinIO and most self-hosted servers).
+    Path,
+}
+
+/// Where the credentials come from.
+#[derive(Clone, Default)]
+pub enum CredentialSource {
+    /// The SDK's default chain: environment variables, shared profile files, web identity...
+    #[default]
+    DefaultChain,
+    Static {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    },
+}
+
+impl fmt::Debug for CredentialSource {
+    // Hand-written so that no Debug print can ever show a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DefaultChain => f.write_str("DefaultChain"),
+            Self::Static { access_key_id, .. } => f
+                .debug_struct("Static")
+                .field("access_key_id", access_key_id)
+                .field("secret_access_key", &"** redacted **")
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Retry and timeout limits; the defaults keep a dead server from hanging a sweep.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    /// One HTTP attempt, from send to the end of the answer.
+    pub attempt_timeout: Duration,
+    /// One operation, all retries included.
+    pub operation_timeout: Duration,
+    /// Attempts per operation, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(30),
+            operation_timeout: Duration::from_secs(120),
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Everything needed to talk to one S3-compatible service.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `None` means AWS S3 (the endpoint follows from the region).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub addressing_style: AddressingStyle,
+    /// Extra PEM-encoded CA certificates to trust besides the system roots.
+    pub ca_bundle_pem: Option<Vec<u8>>,
+    pub credentials: CredentialSource,
+    pub limits: Limits,
+    /// Overrides the wall clock used for signing and for the local-clock fallback; tests use it to
+    /// play a node whose clock is wrong.
+    pub time_source: Option<SharedTimeSource>,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: DEFAULT_REGION.to_owned(),
+            addressing_style: AddressingStyle::default(),
+            ca_bundle_pem: None,
+            credentials: CredentialSource::default(),
+            limits: Limits::default(),
+            time_source: None,
+        }
+    }
+}
+
+/// Settings that cannot work, found before any request is sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(
+        "invalid endpoint {0:?}: expected an http:// or https:// URL with a host, like https://s3.example.com"
+    )]
+    Endpoint(String),
+    #[error("invalid region {0:?}: expected a region name such as us-east-1")]
+    Region(String),
+    #[error("invalid CA bundle: {0}")]
+    CaBundle(String),
+    #[error("invalid credentials: {0}")]
+    Credentials(&'static str),
+}
+
+impl S3Settings {
+    /// Checks what can be checked without the network.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if let Some(endpoint) = &self.endpoint {
+            validate_endpoint(endpoint)?;
+        }
+        let region_ok = !self.region.is_empty()
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !region_ok {
+            return Err(SettingsError::Region(self.region.clone()));
+        }
+        if let Some(pem) = &self.ca_bundle_pem {
+            validate_ca_bundle(pem)?;
+        }
+        if let CredentialSource::Static {
+            access_key_id,
+            secret_access_key,
+            ..
+        } = &self.credentials
+        {
+            if access_key_id.trim().is_empty() {
+                return Err(SettingsError::Credentials("the access key ID is empty"));
+            }
+            if secret_access_key.is_empty() {
+                return Err(SettingsError::Credentials("the secret access key is empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the client. Loading the default credential chain reads environment and profile files.
+    pub async fn client(&self) -> Result<aws_sdk_s3::Client, SettingsError> {
+        self.validate()?;
+        let trust_store = match &self.ca_bundle_pem {
+            Some(pem) => TrustStore::default().with_pem_certificate(pem.clone()),
+            None => TrustStore::default(),
+        };
+        let tls_context = TlsContext::builder()
+            .with_trust_store(trust_store)
+            .build()
+            .map_err(|e| SettingsError::CaBundle(e.to_string()))?;
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context)
+            .build_https();
+
+        let limits = &self.limits;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .http_client(http_client)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(limits.max_attempts)
+                    .with_initial_backoff(limits.initial_backoff)
+                    .with_max_backoff(limits.max_backoff),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(limits.connect_timeout)
+                    .operation_attempt_timeout(limits.attempt_timeout)
+                    .operation_timeout(limits.operation_timeout)
+                    .build(),
+            );
+        if let CredentialSource::Static {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } = &self.credentials
+        {
+            loader = loader.credentials_provider(Credentials::new(
+                access_key_id,
+                secret_access_key,
+                session_token.clone(),
+                None,
+                "mpu-sweeper",
+            ));
+        }
+        if let Some(time_source) = &self.time_source {
+            loader = loader.time_source(time_source.clone());
+        }
+        let sdk_config = loader.load().await;
+
+        let mut s3_config = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(self.addressing_style == AddressingStyle::Path)
+            // Checksums only where S3 requires them: many S3-compatible servers reject the
+            // newer default trailing checksums, and this engine sends no payloads anyway.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &self.endpoint {
+            s3_config = s3_config.endpoint_url(endpoint.trim_end_matches('/'));
+        }
+        Ok(aws_sdk_s3::Client::from_conf(s3_config.build()))
+    }
+}
+
+fn validate_endpoint(endpoint: &str) -> Result<(), SettingsError> {
+    let bad = || SettingsError::Endpoint(endpoint.to_owned());
+    let uri: http::Uri = endpoint.parse().map_err(|_| bad())?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// The SDK panics on a bad PEM deep inside the connector, so every certificate is parsed here first.
+fn validate_ca_bundle(pem: &[u8]) -> Result<(), SettingsError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SettingsError::CaBundle(format!("not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(SettingsError::CaBundle(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            SettingsError::CaBundle(format!("certificate #{} is not usable: {e}", index + 1))
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_scheme_and_host() {
+        for good in [
+            "http://127.0.0.1:7480",
+            "https://cwobject.com",
+            "https://s3.example.com/",
+        ] {
+            assert!(validate_endpoint(good).is_ok(), "{good}");
+        }
+        for bad in ["127.0.0.1:7480", "ftp://x", "https://", "not a url", ""] {
+            assert!(validate_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ca_bundle_must_hold_certificates() {
+        assert!(validate_ca_bundle(b"").is_err());
+        assert!(validate_ca_bundle(b"hello").is_err());
+        let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(validate_ca_bundle(garbage).is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let creds = CredentialSource::Static {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG".into(),
+            session_token: Some("token-value".into()),
+        };
+        let shown = format!(
+            "{creds:?} {:?}",
+            S3Settings {
+                credentials: creds.clone(),
+                ..Default::default()
+            }
+        );
+        assert!(shown.contains("AKIDEXAMPLE"));
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        assert!(!shown.contains("token-value"), "{shown}");
+    }
+}

@@ -1,0 +1,411 @@
+//! The sweep engine: list a bucket's incomplete multipart uploads page by page, abort the ones
+//! older than the age limit, and count what happened. It knows S3 and nothing of Kubernetes; the
+//! `sweep` command and the operator both drive it through [`sweep`].
+
+mod abort;
+mod client;
+mod error;
+mod listing;
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::Client;
+use futures::{FutureExt, StreamExt, future, stream};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::max_age::MaxAge;
+
+pub use abort::{AbortOptions, MAX_ABORT_ATTEMPTS, UploadOutcome};
+pub use client::{
+    AddressingStyle, CredentialSource, DEFAULT_REGION, Limits, S3Settings, SettingsError,
+};
+pub use error::{S3Error, S3ErrorKind};
+pub use listing::ListedUpload;
+
+pub const DEFAULT_PAGE_SIZE: i32 = 1000;
+pub const DEFAULT_CONCURRENCY: usize = 16;
+pub const MAX_CONCURRENCY: usize = 256;
+/// Failures kept as examples in the summary; the rest are only counted.
+pub const MAX_FAILURE_EXAMPLES: usize = 20;
+
+/// What to sweep and how.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    pub bucket: String,
+    pub prefix: Option<String>,
+    pub max_age: MaxAge,
+    /// `MaxUploads` per ListMultipartUploads page, 1..=1000.
+    pub page_size: i32,
+    /// Aborts in flight at once, 1..=256.
+    pub concurrency: usize,
+    pub dry_run: bool,
+    pub verify: bool,
+    pub measure_bytes: bool,
+}
+
+impl SweepOptions {
+    pub fn new(bucket: impl Into<String>, max_age: MaxAge) -> Self {
+        Self {
+            bucket: bucket.into(),
+            prefix: None,
+            max_age,
+            page_size: DEFAULT_PAGE_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
+            dry_run: false,
+            verify: true,
+            measure_bytes: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bucket.trim().is_empty() {
+            return Err("the bucket name is empty".into());
+        }
+        if !(1..=1000).contains(&self.page_size) {
+            return Err(format!(
+                "page size {} is out of range 1..=1000",
+                self.page_size
+            ));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(format!(
+                "concurrency {} is out of range 1..={MAX_CONCURRENCY}",
+                self.concurrency
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One failed upload, kept as an example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureExample {
+    pub key: String,
+    pub upload_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// The result of one sweep, serialized as the command's JSON output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepSummary {
+    pub bucket: String,
+    pub prefix: Option<String>,
+    pub max_age_seconds: u64,
+    pub dry_run: bool,
+    /// Uploads listed.
+    pub found: u64,
+    /// Uploads older than the age limit.
+    pub stale: u64,
+    pub aborted: u64,
+    /// Stale uploads that somebody else completed or aborted before we got to them.
+    pub already_gone: u64,
+    /// Uploads the server listed without an initiation time; never aborted.
+    pub skipped: u64,
+    pub failed: u64,
+    /// Bytes held by the aborted uploads; `None` unless measuring.
+    pub bytes_freed: Option<u64>,
+    pub start_time: jiff::Timestamp,
+    pub completion_time: jiff::Timestamp,
+    pub failures: Vec<FailureExample>,
+}
+
+impl SweepSummary {
+    fn new(options: &SweepOptions, start_time: jiff::Timestamp) -> Self {
+        Self {
+            bucket: options.bucket.clone(),
+            prefix: options.prefix.clone().filter(|p| !p.is_empty()),
+            max_age_seconds: options.max_age.as_secs(),
+            dry_run: options.dry_run,
+            found: 0,
+            stale: 0,
+            aborted: 0,
+            already_gone: 0,
+            skipped: 0,
+            failed: 0,
+            bytes_freed: (options.measure_bytes && !options.dry_run).then_some(0),
+            start_time,
+            completion_time: start_time,
+            failures: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, upload: &ListedUpload, outcome: &UploadOutcome) {
+        match outcome {
+            UploadOutcome::Aborted { bytes } => {
+                self.aborted += 1;
+                if let (Some(total), Some(bytes)) = (self.bytes_freed.as_mut(), bytes) {
+                    *total += bytes;
+                }
+            }
+            UploadOutcome::AlreadyGone => self.already_gone += 1,
+            UploadOutcome::WouldAbort => {}
+            UploadOutcome::Failed(err) => {
+                self.failed += 1;
+                if self.failures.len() < MAX_FAILURE_EXAMPLES {
+                    self.failures.push(FailureExample {
+                        key: upload.key.clone(),
+                        upload_id: upload.upload_id.clone(),
+                        code: err.code_or_kind(),
+                        message: err.message.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Why a sweep ended before the listing was exhausted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepStop {
+    /// A listing page failed after retries; what was listed before it was still handled.
+    ListingFailed(S3Error),
+    /// The caller cancelled; aborts in flight were finished.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    pub summary: SweepSummary,
+    /// `None` when every page was listed and every stale upload handled.
+    pub stop: Option<SweepStop>,
+}
+
+/// Progress hooks; both run on the sweeping task, so they must be quick.
+pub trait SweepObserver: Send + Sync {
+    /// A page was listed; `summary` already counts it.
+    fn page_listed(&self, _page: &[ListedUpload], _summary: &SweepSummary) {}
+    /// A stale upload was handled; `summary` already counts it.
+    fn upload_handled(
+        &self,
+        _upload: &ListedUpload,
+        _outcome: &UploadOutcome,
+        _summary: &SweepSummary,
+    ) {
+    }
+}
+
+/// An observer that ignores everything.
+pub struct NoProgress;
+impl SweepObserver for NoProgress {}
+
+/// What flows from the listing to the tally.
+enum Event {
+    Listed {
+        page: Vec<ListedUpload>,
+        stale: u64,
+        skipped: u64,
+    },
+    Handled(ListedUpload, UploadOutcome),
+    ListingFailed(S3Error),
+}
+
+/// Runs one sweep. Errors listing a page end the sweep with [`SweepStop::ListingFailed`]; errors
+/// on single uploads are counted and never stop it.
+pub async fn sweep(
+    client: &Client,
+    options: &SweepOptions,
+    observer: &dyn SweepObserver,
+    cancel: &CancellationToken,
+) -> SweepOutcome {
+    let mut summary = SweepSummary::new(options, jiff::Timestamp::now());
+    let local_clock = client.config().time_source();
+    let now_local = || {
+        local_clock
+            .as_ref()
+            .map_or_else(SystemTime::now, |t| t.now())
+    };
+    let abort_options = AbortOptions {
+        verify: options.verify,
+        measure_bytes: options.measure_bytes,
+    };
+    let max_age = options.max_age.as_duration();
+
+    // A page becomes one Listed event (counted first) followed by one future per stale upload.
+    // `buffer_unordered` pulls the next page only when a slot frees, so at most one page and
+    // `concurrency` aborts are in memory and in flight.
+    let pages = listing::pages(
+        client,
+        &options.bucket,
+        options.prefix.as_deref(),
+        options.page_size,
+    )
+    .take_until(cancel.clone().cancelled_owned());
+    let events = pages.flat_map(|page| match page {
+        Err(err) => stream::iter(vec![future::ready(Event::ListingFailed(err)).boxed()]),
+        Ok(page) => {
+            let server_now = page.server_time.unwrap_or_else(now_local);
+            let stale: Vec<ListedUpload> = page
+                .uploads
+                .iter()
+                .filter(|u| is_stale(u.initiated, server_now, max_age))
+                .cloned()
+                .collect();
+            if page.server_time.is_none() {
+                tracing::debug!("listing response had no Date header; ages use the local clock");
+            }
+            let listed = Event::Listed {
+                stale: stale.len() as u64,
+                skipped: page
+                    .uploads
+                    .iter()
+                    .filter(|u| u.initiated.is_none())
+                    .count() as u64,
+                page: page.uploads,
+            };
+            let mut items = Vec::with_capacity(stale.len() + 1);
+            items.push(future::ready(listed).boxed());
+            for upload in stale {
+                let item = async move {
+                    let outcome = if options.dry_run {
+                        UploadOutcome::WouldAbort
+                    } else {
+                        abort::abort_upload(client, &options.bucket, &upload, abort_options).await
+                    };
+                    Event::Handled(upload, outcome)
+                };
+                items.push(item.boxed());
+            }
+            stream::iter(items)
+        }
+    });
+    let events = events.buffer_unordered(options.concurrency);
+    let mut events = std::pin::pin!(events);
+
+    let mut stop = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Listed {
+                page,
+                stale,
+                skipped,
+            } => {
+                summary.found += page.len() as u64;
+                summary.stale += stale;
+                summary.skipped += skipped;
+                observer.page_listed(&page, &summary);
+            }
+            Event::Handled(upload, outcome) => {
+                summary.record(&upload, &outcome);
+                if let UploadOutcome::Failed(err) = &outcome {
+                    tracing::warn!(key = %upload.key, upload_id = %upload.upload_id, error = %err, "abort failed");
+                }
+                observer.upload_handled(&upload, &outcome, &summary);
+            }
+            Event::ListingFailed(err) => stop = Some(SweepStop::ListingFailed(err)),
+        }
+    }
+    if stop.is_none() && cancel.is_cancelled() {
+        stop = Some(SweepStop::Cancelled);
+    }
+    summary.completion_time = jiff::Timestamp::now();
+    SweepOutcome { summary, stop }
+}
+
+/// Stale means strictly older than the limit by the given clock; an upload dated in the future
+/// (clock disagreement) is young, and one without a date is never stale.
+pub fn is_stale(initiated: Option<SystemTime>, now: SystemTime, max_age: Duration) -> bool {
+    match initiated {
+        Some(initiated) => now.duration_since(initiated).is_ok_and(|age| age > max_age),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_is_strict_and_never_for_undated_or_future_uploads() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86_400);
+        assert!(is_stale(Some(now - 3 * day), now, 2 * day));
+        assert!(!is_stale(Some(now - 3 * day), now, 4 * day));
+        assert!(!is_stale(Some(now - 2 * day), now, 2 * day));
+        assert!(!is_stale(Some(now + day), now, Duration::from_secs(1)));
+        assert!(!is_stale(None, now, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn summary_counts_outcomes_and_keeps_at_most_twenty_failures() {
+        let mut options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
+        options.measure_bytes = true;
+        let mut summary = SweepSummary::new(&options, jiff::Timestamp::now());
+        let upload = ListedUpload {
+            key: "k".into(),
+            upload_id: "u".into(),
+            initiated: None,
+        };
+        summary.record(&upload, &UploadOutcome::Aborted { bytes: Some(10) });
+        summary.record(&upload, &UploadOutcome::Aborted { bytes: None });
+        summary.record(&upload, &UploadOutcome::AlreadyGone);
+        for _ in 0..25 {
+            let err = S3Error::new(
+                S3ErrorKind::AccessDenied,
+                Some("AccessDenied".into()),
+                "denied",
+            );
+            summary.record(&upload, &UploadOutcome::Failed(err));
+        }
+        assert_eq!(
+            (summary.aborted, summary.already_gone, summary.failed),
+            (2, 1, 25)
+        );
+        assert_eq!(summary.bytes_freed, Some(10));
+        assert_eq!(summary.failures.len(), MAX_FAILURE_EXAMPLES);
+        assert_eq!(summary.failures[0].code, "AccessDenied");
+    }
+
+    #[test]
+    fn summary_serializes_with_the_documented_camel_case_fields() {
+        let options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
+        let summary = SweepSummary::new(&options, jiff::Timestamp::UNIX_EPOCH);
+        let json = serde_json::to_value(&summary).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "aborted",
+                "alreadyGone",
+                "bucket",
+                "bytesFreed",
+                "completionTime",
+                "dryRun",
+                "failed",
+                "failures",
+                "found",
+                "maxAgeSeconds",
+                "prefix",
+                "skipped",
+                "stale",
+                "startTime"
+            ]
+        );
+        assert_eq!(json["bytesFreed"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn options_reject_out_of_range_values() {
+        let mut options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
+        assert!(options.validate().is_ok());
+        options.concurrency = 0;
+        assert!(options.validate().is_err());
+        options.concurrency = 257;
+        assert!(options.validate().is_err());
+        options.concurrency = 16;
+        options.page_size = 1001;
+        assert!(options.validate().is_err());
+        options.page_size = 1;
+        options.bucket = " ".into();
+        assert!(options.validate().is_err());
+    }
+}

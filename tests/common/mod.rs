@@ -1,0 +1,343 @@
+//! The S3 test bed as the tests see it: real servers started by `hack/testenv.sh up`, described by
+//! the environment it writes. Without that environment a test skips itself, unless
+//! `MPU_TEST_REQUIRE_BED=1` (set by `.ci/run` and the README's test command) makes it fail.
+#![allow(dead_code)]
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_async::time::{SharedTimeSource, TimeSource};
+use futures::StreamExt;
+use mpu_sweeper::sweep::{AddressingStyle, CredentialSource, S3Settings};
+
+pub const SERVERS: [ServerKind; 2] = [ServerKind::Ceph, ServerKind::SeaweedFs];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Ceph,
+    SeaweedFs,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub kind: ServerKind,
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The bed's servers, or `None` (skip) when the bed is absent and not required.
+pub fn bed() -> Option<Vec<Server>> {
+    let Some(access_key) = var("MPU_TEST_ACCESS_KEY_ID") else {
+        if var("MPU_TEST_REQUIRE_BED").as_deref() == Some("1") {
+            panic!(
+                "MPU_TEST_REQUIRE_BED=1 but the S3 test bed environment is missing; run hack/testenv.sh up and source its env file"
+            );
+        }
+        eprintln!("SKIPPED: no S3 test bed (run hack/testenv.sh up, or the README's test command)");
+        return None;
+    };
+    let secret_key = var("MPU_TEST_SECRET_ACCESS_KEY").expect("MPU_TEST_SECRET_ACCESS_KEY");
+    let server = |kind, endpoint_var: &str| Server {
+        kind,
+        endpoint: var(endpoint_var).unwrap_or_else(|| panic!("{endpoint_var} is not set")),
+        access_key: access_key.clone(),
+        secret_key: secret_key.clone(),
+    };
+    Some(vec![
+        server(ServerKind::Ceph, "MPU_TEST_CEPH_ENDPOINT"),
+        server(ServerKind::SeaweedFs, "MPU_TEST_SEAWEEDFS_ENDPOINT"),
+    ])
+}
+
+/// The Ceph gateway whose clock tests can move (libfaketime), and its clock file.
+pub fn aged_ceph() -> Option<(Server, String)> {
+    let servers = bed()?;
+    let ceph = servers.into_iter().find(|s| s.kind == ServerKind::Ceph)?;
+    Some((
+        Server {
+            endpoint: var("MPU_TEST_CEPH_AGED_ENDPOINT").expect("MPU_TEST_CEPH_AGED_ENDPOINT"),
+            ..ceph
+        },
+        var("MPU_TEST_CEPH_AGED_FAKETIME_FILE").expect("MPU_TEST_CEPH_AGED_FAKETIME_FILE"),
+    ))
+}
+
+/// A wall clock shifted by a fixed offset, for clients that must sign in the server's fake time
+/// or that play a node with a wrong clock.
+#[derive(Debug)]
+struct ShiftedClock {
+    ahead: bool,
+    by: Duration,
+}
+
+impl TimeSource for ShiftedClock {
+    fn now(&self) -> SystemTime {
+        if self.ahead {
+            SystemTime::now() + self.by
+        } else {
+            SystemTime::now() - self.by
+        }
+    }
+}
+
+impl Server {
+    pub fn settings(&self) -> S3Settings {
+        S3Settings {
+            endpoint: Some(self.endpoint.clone()),
+            addressing_style: AddressingStyle::Path,
+            credentials: CredentialSource::Static {
+                access_key_id: self.access_key.clone(),
+                secret_access_key: self.secret_key.clone(),
+                session_token: None,
+            },
+            ..S3Settings::default()
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        self.settings().client().await.expect("client")
+    }
+
+    /// A client whose clock is `by` ahead of (or behind) the real one.
+    pub async fn client_with_clock(&self, ahead: bool, by: Duration) -> Client {
+        let settings = S3Settings {
+            time_source: Some(SharedTimeSource::new(ShiftedClock { ahead, by })),
+            ..self.settings()
+        };
+        settings.client().await.expect("client")
+    }
+
+    /// Environment for running the command against this server.
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+/// A bucket name unique to this process and call.
+pub fn bucket_name(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t-{tag}-{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn create_bucket(client: &Client, tag: &str) -> String {
+    let bucket = bucket_name(tag);
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    bucket
+}
+
+/// Starts one multipart upload per key, 32 at a time; returns (key, uploadId) in key order.
+pub async fn create_uploads(
+    client: &Client,
+    bucket: &str,
+    keys: &[String],
+) -> Vec<(String, String)> {
+    futures::stream::iter(keys.iter().cloned())
+        .map(|key| async move {
+            let out = client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("create upload {key:?}: {e:?}"));
+            (key, out.upload_id().expect("upload id").to_owned())
+        })
+        .buffered(32)
+        .collect()
+        .await
+}
+
+pub async fn upload_part(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    part: i32,
+    size: usize,
+) -> String {
+    let out = client
+        .upload_part()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(part)
+        .body(ByteStream::from(vec![b'x'; size]))
+        .send()
+        .await
+        .expect("upload part");
+    out.e_tag().unwrap_or_default().to_owned()
+}
+
+pub async fn complete_with_one_part(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    let etag = upload_part(client, bucket, key, upload_id, 1, 16).await;
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(CompletedPart::builder().part_number(1).e_tag(etag).build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("complete upload");
+}
+
+/// Every incomplete upload in the bucket as (key, uploadId), listed independently of the engine.
+pub async fn remaining_uploads(client: &Client, bucket: &str) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    let mut key_marker: Option<String> = None;
+    let mut id_marker: Option<String> = None;
+    loop {
+        let out = client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(id_marker.clone())
+            .send()
+            .await
+            .expect("list uploads");
+        for u in out.uploads() {
+            all.push((
+                u.key().unwrap().to_owned(),
+                u.upload_id().unwrap().to_owned(),
+            ));
+        }
+        if !out.is_truncated().unwrap_or(false) {
+            break;
+        }
+        let last = all.last().cloned().expect("truncated page has uploads");
+        key_marker = Some(out.next_key_marker().map_or(last.0, str::to_owned));
+        id_marker = Some(out.next_upload_id_marker().map_or(last.1, str::to_owned));
+    }
+    all.sort();
+    all
+}
+
+/// Whether ListParts still finds the upload (false once it is aborted).
+pub async fn upload_exists(client: &Client, bucket: &str, key: &str, upload_id: &str) -> bool {
+    client
+        .list_parts()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .is_ok()
+}
+
+pub struct CliRun {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs the real binary with the server's credentials in the environment, killing it if it hangs.
+pub fn run_cli(server: &Server, args: &[&str], extra_env: &[(&str, &str)]) -> CliRun {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mpu-sweeper"));
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdin(Stdio::null());
+    for (name, value) in server.cli_env() {
+        command.env(name, value);
+    }
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let output = run_with_deadline(command, Duration::from_secs(180));
+    CliRun {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A hang guard, not a timing assertion: a command still running after `deadline` is killed and the
+/// test fails.
+fn run_with_deadline(mut command: Command, deadline: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mpu-sweeper");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(output) => output.expect("wait for mpu-sweeper"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("mpu-sweeper did not exit within {deadline:?}");
+        }
+    }
+}
+
+/// Sweep arguments common to the tests: path style against the given server, JSON output.
+pub fn sweep_args<'a>(server: &'a Server, bucket: &'a str, max_age: &'a str) -> Vec<&'a str> {
+    vec![
+        "sweep",
+        "--endpoint",
+        &server.endpoint,
+        "--addressing-style",
+        "path",
+        "--bucket",
+        bucket,
+        "--max-age",
+        max_age,
+        "--output",
+        "json",
+        "--quiet",
+    ]
+}
+
+pub fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:05}")).collect()
+}
