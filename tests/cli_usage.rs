@@ -12,7 +12,10 @@ fn sweep(args: &[&str]) -> (i32, String) {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .expect("run mpu-sweeper");
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 const BASE: [&str; 4] = ["--bucket", "b", "--endpoint", "http://127.0.0.1:9"];
@@ -26,7 +29,10 @@ fn bad_max_ages_are_usage_errors_that_show_the_syntax() {
     for bad in ["0s", "-1d", "7", "abc", "1.5h", ""] {
         let (status, stderr) = sweep(&with_base(&["--max-age", bad]));
         assert_eq!(status, 2, "--max-age {bad:?}: {stderr}");
-        assert!(stderr.contains("for example 30s, 90m, 36h, 7d, 2w or 1d12h"), "{stderr}");
+        assert!(
+            stderr.contains("for example 30s, 90m, 36h, 7d, 2w or 1d12h"),
+            "{stderr}"
+        );
     }
 }
 
@@ -59,11 +65,26 @@ fn missing_required_flags_are_usage_errors() {
 
 #[test]
 fn unusable_settings_are_usage_errors() {
-    let (status, stderr) = sweep(&["--bucket", "b", "--max-age", "7d", "--endpoint", "127.0.0.1:7480"]);
+    let (status, stderr) = sweep(&[
+        "--bucket",
+        "b",
+        "--max-age",
+        "7d",
+        "--endpoint",
+        "127.0.0.1:7480",
+    ]);
     assert_eq!(status, 2, "{stderr}");
     assert!(stderr.contains("invalid endpoint"), "{stderr}");
 
-    let (status, stderr) = sweep(&with_base(&["--max-age", "7d", "--ca-bundle", "/nonexistent/ca.pem"]));
+    let (status, stderr) = sweep(&with_base(&[
+        "--max-age",
+        "7d",
+        "--ca-bundle",
+        "/nonexistent/ca.pem",
+    ]));
     assert_eq!(status, 2, "{stderr}");
-    assert!(stderr.contains("cannot read CA bundle /nonexistent/ca.pem"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read CA bundle /nonexistent/ca.pem"),
+        "{stderr}"
+    );
 }
