@@ -38,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Sweep one bucket once: list incomplete multipart uploads and abort those older than --max-age.
     Sweep(SweepArgs),
+    /// Print the MultipartCleanup CustomResourceDefinition as YAML.
+    Crd,
 }
 
 pub fn main() -> ExitCode {
@@ -54,6 +56,10 @@ pub fn main() -> ExitCode {
     };
     let status = match cli.command {
         Command::Sweep(args) => runtime.block_on(sweep_command::run(args)),
+        Command::Crd => {
+            print!("{}", crate::api::crd_yaml());
+            exit::OK
+        }
     };
     ExitCode::from(status)
 }
