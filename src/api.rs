@@ -134,26 +134,28 @@ fn default_ca_key() -> String {
     "ca.crt".to_owned()
 }
 
+/// Optional fields serialize as null (not absent) so that a merge patch of the whole status clears
+/// what no longer applies.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MultipartCleanupStatus {
     /// The spec generation the status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub observed_generation: Option<i64>,
     /// Ready, Reconciling and Stalled (kstatus).
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_run: Option<RunSummary>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_successful_run_time: Option<Time>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub next_run_time: Option<Time>,
     /// Uploads aborted by this resource over its lifetime.
     #[serde(default)]
     pub total_aborted: i64,
     /// The last value of the mpusweeper.io/run-requested-at annotation that was acted on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_handled_run_request: Option<String>,
     /// Failed runs in a row; drives the retry backoff.
     #[serde(default)]
@@ -172,11 +174,11 @@ pub struct RunSummary {
     pub already_gone: i64,
     pub skipped: i64,
     pub failed: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bytes_freed: Option<i64>,
     pub dry_run: bool,
     /// Why the run stopped before finishing, when it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub error: Option<String>,
 }
 

@@ -7,7 +7,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
+pub mod http;
 pub mod max_age;
+pub mod metrics;
 pub mod schedule;
 pub mod sweep;
 pub mod telemetry;

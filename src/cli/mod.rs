@@ -1,6 +1,8 @@
-//! The command line: `mpu-sweeper sweep ...`.
+//! The command line: `mpu-sweeper sweep | controller | crd`.
 
+mod controller_command;
 mod progress;
+mod signals;
 mod sweep_command;
 
 use std::process::ExitCode;
@@ -38,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Sweep one bucket once: list incomplete multipart uploads and abort those older than --max-age.
     Sweep(SweepArgs),
+    /// Run the Kubernetes controller for MultipartCleanup resources.
+    Controller(controller_command::ControllerArgs),
     /// Print the MultipartCleanup CustomResourceDefinition as YAML.
     Crd,
 }
@@ -56,6 +60,7 @@ pub fn main() -> ExitCode {
     };
     let status = match cli.command {
         Command::Sweep(args) => runtime.block_on(sweep_command::run(args)),
+        Command::Controller(args) => runtime.block_on(controller_command::run(args)),
         Command::Crd => {
             print!("{}", crate::api::crd_yaml());
             exit::OK

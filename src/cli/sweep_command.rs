@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exit;
 use super::progress::{Progress, counts_line};
+use super::signals::wait_for_stop_signal;
 use crate::max_age::MaxAge;
 use crate::sweep::{
     self, AddressingStyle, CredentialSource, Limits, S3Settings, SweepOptions, SweepOutcome,
@@ -197,24 +198,6 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-#[cfg(unix)]
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_stop_signal() {
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 fn stop_message(outcome: &SweepOutcome, bucket: &str, where_: &str) -> Option<String> {
     outcome.stop.as_ref().map(|stop| match stop {
         SweepStop::ListingFailed(err) if outcome.summary.found == 0 => {
@@ -288,7 +271,7 @@ fn text_report(s: &SweepSummary) -> String {
             s.failed as usize - s.failures.len()
         );
     }
-    let seconds = (s.completion_time - s.start_time).get_milliseconds() as f64 / 1000.0;
+    let seconds = s.completion_time.duration_since(s.start_time).as_secs_f64();
     let _ = writeln!(out, "took {seconds:.1}s");
     out
 }

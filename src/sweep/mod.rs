@@ -7,10 +7,14 @@ mod client;
 mod error;
 mod listing;
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
-use futures::{FutureExt, StreamExt, future, stream};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -114,7 +118,8 @@ pub struct SweepSummary {
 }
 
 impl SweepSummary {
-    fn new(options: &SweepOptions, start_time: jiff::Timestamp) -> Self {
+    /// A summary with nothing counted yet.
+    pub fn empty(options: &SweepOptions, start_time: jiff::Timestamp) -> Self {
         Self {
             bucket: options.bucket.clone(),
             prefix: options.prefix.clone().filter(|p| !p.is_empty()),
@@ -192,26 +197,27 @@ pub trait SweepObserver: Send + Sync {
 pub struct NoProgress;
 impl SweepObserver for NoProgress {}
 
-/// What flows from the listing to the tally.
-enum Event {
-    Listed {
-        page: Vec<ListedUpload>,
-        stale: u64,
-        skipped: u64,
-    },
-    Handled(ListedUpload, UploadOutcome),
-    ListingFailed(S3Error),
-}
-
 /// Runs one sweep. Errors listing a page end the sweep with [`SweepStop::ListingFailed`]; errors
 /// on single uploads are counted and never stop it.
-pub async fn sweep(
+///
+/// The future is boxed so that its `Send`-ness is proven here, once: left unboxed, the stream
+/// closures inside trip the compiler's higher-ranked lifetime checks in callers that spawn it.
+pub fn sweep<'a>(
+    client: &'a Client,
+    options: &'a SweepOptions,
+    observer: &'a dyn SweepObserver,
+    cancel: &'a CancellationToken,
+) -> BoxFuture<'a, SweepOutcome> {
+    run_sweep(client, options, observer, cancel).boxed()
+}
+
+async fn run_sweep(
     client: &Client,
     options: &SweepOptions,
     observer: &dyn SweepObserver,
     cancel: &CancellationToken,
 ) -> SweepOutcome {
-    let mut summary = SweepSummary::new(options, jiff::Timestamp::now());
+    let mut summary = SweepSummary::empty(options, jiff::Timestamp::now());
     let local_clock = client.config().time_source();
     let now_local = || {
         local_clock
@@ -223,86 +229,100 @@ pub async fn sweep(
         measure_bytes: options.measure_bytes,
     };
     let max_age = options.max_age.as_duration();
+    let bucket: Arc<str> = options.bucket.as_str().into();
 
-    // A page becomes one Listed event (counted first) followed by one future per stale upload.
-    // `buffer_unordered` pulls the next page only when a slot frees, so at most one page and
-    // `concurrency` aborts are in memory and in flight.
+    // At most one page of stale uploads waits in `pending` and `concurrency` aborts run in
+    // `in_flight`; the next page is fetched only once the current one is fully dispatched, while
+    // its last aborts are still running.
     let pages = listing::pages(
         client,
         &options.bucket,
         options.prefix.as_deref(),
         options.page_size,
-    )
-    .take_until(cancel.clone().cancelled_owned());
-    let events = pages.flat_map(|page| match page {
-        Err(err) => stream::iter(vec![future::ready(Event::ListingFailed(err)).boxed()]),
-        Ok(page) => {
-            let server_now = page.server_time.unwrap_or_else(now_local);
-            let stale: Vec<ListedUpload> = page
-                .uploads
-                .iter()
-                .filter(|u| is_stale(u.initiated, server_now, max_age))
-                .cloned()
-                .collect();
-            if page.server_time.is_none() {
-                tracing::debug!("listing response had no Date header; ages use the local clock");
-            }
-            let listed = Event::Listed {
-                stale: stale.len() as u64,
-                skipped: page
-                    .uploads
-                    .iter()
-                    .filter(|u| u.initiated.is_none())
-                    .count() as u64,
-                page: page.uploads,
-            };
-            let mut items = Vec::with_capacity(stale.len() + 1);
-            items.push(future::ready(listed).boxed());
-            for upload in stale {
-                let item = async move {
-                    let outcome = if options.dry_run {
-                        UploadOutcome::WouldAbort
-                    } else {
-                        abort::abort_upload(client, &options.bucket, &upload, abort_options).await
-                    };
-                    Event::Handled(upload, outcome)
-                };
-                items.push(item.boxed());
-            }
-            stream::iter(items)
-        }
-    });
-    let events = events.buffer_unordered(options.concurrency);
-    let mut events = std::pin::pin!(events);
-
+    );
+    let mut pages = std::pin::pin!(pages);
+    let mut pending: VecDeque<ListedUpload> = VecDeque::new();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, (ListedUpload, UploadOutcome)>> =
+        FuturesUnordered::new();
+    let mut listing_done = false;
     let mut stop = None;
-    while let Some(event) = events.next().await {
-        match event {
-            Event::Listed {
-                page,
-                stale,
-                skipped,
-            } => {
-                summary.found += page.len() as u64;
-                summary.stale += stale;
-                summary.skipped += skipped;
-                observer.page_listed(&page, &summary);
-            }
-            Event::Handled(upload, outcome) => {
+    loop {
+        while in_flight.len() < options.concurrency {
+            let Some(upload) = pending.pop_front() else {
+                break;
+            };
+            in_flight.push(dispose(
+                client.clone(),
+                bucket.clone(),
+                upload,
+                options.dry_run,
+                abort_options,
+            ));
+        }
+        let want_page = pending.is_empty() && !listing_done;
+        if !want_page && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            page = pages.next(), if want_page => match page {
+                None => listing_done = true,
+                Some(Err(err)) => {
+                    listing_done = true;
+                    stop = Some(SweepStop::ListingFailed(err));
+                }
+                Some(Ok(page)) => {
+                    let server_now = page.server_time.unwrap_or_else(now_local);
+                    if page.server_time.is_none() {
+                        tracing::debug!("listing response had no Date header; ages use the local clock");
+                    }
+                    summary.found += page.uploads.len() as u64;
+                    for upload in &page.uploads {
+                        if upload.initiated.is_none() {
+                            summary.skipped += 1;
+                        } else if is_stale(upload.initiated, server_now, max_age) {
+                            summary.stale += 1;
+                            pending.push_back(upload.clone());
+                        }
+                    }
+                    observer.page_listed(&page.uploads, &summary);
+                }
+            },
+            Some((upload, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 summary.record(&upload, &outcome);
                 if let UploadOutcome::Failed(err) = &outcome {
                     tracing::warn!(key = %upload.key, upload_id = %upload.upload_id, error = %err, "abort failed");
                 }
                 observer.upload_handled(&upload, &outcome, &summary);
             }
-            Event::ListingFailed(err) => stop = Some(SweepStop::ListingFailed(err)),
+            _ = cancel.cancelled(), if !listing_done || !pending.is_empty() => {
+                // Stop listing and launching; the aborts already in flight still finish.
+                listing_done = true;
+                pending.clear();
+                stop = Some(SweepStop::Cancelled);
+            }
         }
-    }
-    if stop.is_none() && cancel.is_cancelled() {
-        stop = Some(SweepStop::Cancelled);
     }
     summary.completion_time = jiff::Timestamp::now();
     SweepOutcome { summary, stop }
+}
+
+/// Handles one stale upload; owned arguments keep the future 'static for spawned callers.
+fn dispose(
+    client: Client,
+    bucket: Arc<str>,
+    upload: ListedUpload,
+    dry_run: bool,
+    options: AbortOptions,
+) -> BoxFuture<'static, (ListedUpload, UploadOutcome)> {
+    async move {
+        let outcome = if dry_run {
+            UploadOutcome::WouldAbort
+        } else {
+            abort::abort_upload(&client, &bucket, &upload, options).await
+        };
+        (upload, outcome)
+    }
+    .boxed()
 }
 
 /// Stale means strictly older than the limit by the given clock; an upload dated in the future
@@ -333,7 +353,7 @@ mod tests {
     fn summary_counts_outcomes_and_keeps_at_most_twenty_failures() {
         let mut options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
         options.measure_bytes = true;
-        let mut summary = SweepSummary::new(&options, jiff::Timestamp::now());
+        let mut summary = SweepSummary::empty(&options, jiff::Timestamp::now());
         let upload = ListedUpload {
             key: "k".into(),
             upload_id: "u".into(),
@@ -362,7 +382,7 @@ mod tests {
     #[test]
     fn summary_serializes_with_the_documented_camel_case_fields() {
         let options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
-        let summary = SweepSummary::new(&options, jiff::Timestamp::UNIX_EPOCH);
+        let summary = SweepSummary::empty(&options, jiff::Timestamp::UNIX_EPOCH);
         let json = serde_json::to_value(&summary).unwrap();
         let mut keys: Vec<&str> = json
             .as_object()

@@ -1,0 +1,156 @@
+//! kstatus conditions: Ready, Reconciling and Stalled, each with a reason and a message.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// The state the three conditions should express.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub ready: bool,
+    pub reconciling: bool,
+    pub stalled: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Health {
+    pub fn ready(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ready: true,
+            reconciling: false,
+            stalled: false,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_ready(reason: &str, message: impl Into<String>, stalled: bool) -> Self {
+        Self {
+            ready: false,
+            reconciling: false,
+            stalled,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn running(message: impl Into<String>) -> Self {
+        Self {
+            ready: false,
+            reconciling: true,
+            stalled: false,
+            reason: "Running".to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Rewrites the three conditions for `health`, keeping each one's lastTransitionTime when its
+/// status does not change. Other condition types are left alone.
+pub fn apply(
+    conditions: &mut Vec<Condition>,
+    health: &Health,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let quiet = |active: bool| {
+        if active {
+            health.reason.as_str()
+        } else {
+            "AsExpected"
+        }
+    };
+    let entries = [
+        (READY, health.ready, health.reason.as_str()),
+        (RECONCILING, health.reconciling, quiet(health.reconciling)),
+        (STALLED, health.stalled, quiet(health.stalled)),
+    ];
+    for (kind, active, reason) in entries {
+        let status = if active { "True" } else { "False" };
+        let message = if active || kind == READY {
+            health.message.clone()
+        } else {
+            String::new()
+        };
+        match conditions.iter_mut().find(|c| c.type_ == kind) {
+            Some(existing) => {
+                if existing.status != status {
+                    existing.last_transition_time = Time(now);
+                }
+                existing.status = status.to_owned();
+                existing.reason = reason.to_owned();
+                existing.message = message;
+                existing.observed_generation = generation;
+            }
+            None => conditions.push(Condition {
+                type_: kind.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                observed_generation: generation,
+                last_transition_time: Time(now),
+            }),
+        }
+    }
+}
+
+/// The reason of the Ready condition, if any.
+pub fn ready_reason(conditions: &[Condition]) -> Option<&str> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let mut conditions = Vec::new();
+        apply(
+            &mut conditions,
+            &Health::ready("Succeeded", "aborted 1 of 1"),
+            Some(1),
+            t0,
+        );
+        apply(
+            &mut conditions,
+            &Health::ready("Succeeded", "aborted 2 of 2"),
+            Some(2),
+            t1,
+        );
+        let ready = conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.last_transition_time.0),
+            ("True", t0)
+        );
+        assert_eq!(ready.message, "aborted 2 of 2");
+        assert_eq!(ready.observed_generation, Some(2));
+
+        apply(
+            &mut conditions,
+            &Health::not_ready("SecretNotFound", "create it", true),
+            Some(2),
+            t1,
+        );
+        let ready = conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.last_transition_time.0),
+            ("False", t1)
+        );
+        let stalled = conditions.iter().find(|c| c.type_ == STALLED).unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "SecretNotFound")
+        );
+        assert_eq!(conditions.len(), 3);
+    }
+}

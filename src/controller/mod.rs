@@ -1,0 +1,599 @@
+//! The `MultipartCleanup` controller: decides when a resource is due, runs the sweep engine with
+//! the resource's settings, and writes counts and conditions to its status. It knows nothing of
+//! S3 wire details; those stay in [`crate::sweep`].
+
+mod conditions;
+pub mod leader;
+mod settings;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION, RunSummary};
+use crate::metrics::{Metrics, ResourceLabels};
+use crate::sweep::{self, Limits, NoProgress, S3ErrorKind, SweepOutcome, SweepStop};
+use conditions::Health;
+use settings::Problem;
+
+/// Where the controller looks for resources.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    AllNamespaces,
+    Namespaces(Vec<String>),
+}
+
+pub struct ControllerConfig {
+    pub scope: Scope,
+    /// Sweeps running at once across all resources.
+    pub max_concurrent_sweeps: u16,
+    /// Identifies this replica in Events.
+    pub identity: String,
+    pub limits: Limits,
+}
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: sweeps stop listing, finish aborts in flight and write status.
+    shutdown: CancellationToken,
+    limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the resource has no namespace")]
+    NoNamespace,
+}
+
+/// Runs until `shutdown` is cancelled, then lets running sweeps wind down and returns.
+/// `ready` turns true once every watch has listed its resources.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let context = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "mpu-sweeper".into(),
+                instance: Some(config.identity.clone()),
+            },
+        ),
+        client: client.clone(),
+        metrics,
+        shutdown: shutdown.clone(),
+        limits: config.limits.clone(),
+    });
+    let apis: Vec<Api<MultipartCleanup>> = match &config.scope {
+        Scope::AllNamespaces => vec![Api::all(client.clone())],
+        Scope::Namespaces(namespaces) => namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect(),
+    };
+    // One controller per namespace; each gets an equal share of the sweep slots.
+    let per_controller = (usize::from(config.max_concurrent_sweeps) / apis.len()).max(1) as u16;
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    for api in apis {
+        let controller = Controller::new(api, watcher::Config::default())
+            .with_config(controller::Config::default().concurrency(per_controller))
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+        stores.push(controller.store());
+        let run = controller
+            .run(reconcile, error_policy, context.clone())
+            .for_each(|result| async move {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "reconcile loop");
+                }
+            });
+        runs.push(run);
+    }
+    let readiness = async move {
+        for store in stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!("caches synced; controller ready");
+    };
+    tokio::join!(futures::future::join_all(runs), readiness);
+    tracing::info!("controller stopped");
+}
+
+fn error_policy(mpc: Arc<MultipartCleanup>, err: &Error, ctx: Arc<Context>) -> Action {
+    let namespace = mpc.namespace().unwrap_or_default();
+    tracing::warn!(namespace, name = %mpc.name_any(), error = %err, "reconcile failed; retrying");
+    ctx.metrics
+        .reconcile_error(&namespace, &mpc.name_any(), "KubernetesApi");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Retry delay after `failures` failed runs in a row: 15 s doubling to 10 min.
+fn backoff(failures: i32) -> SignedDuration {
+    let exponent = failures.clamp(1, 16) - 1;
+    SignedDuration::from_secs((15i64 << exponent).min(600))
+}
+
+async fn reconcile(mpc: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = mpc.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<MultipartCleanup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let now = Timestamp::now();
+    let old = mpc.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.observed_generation = mpc.metadata.generation;
+    let generation = mpc.metadata.generation;
+
+    let plan = match settings::plan(&mpc.spec) {
+        Ok(plan) => plan,
+        Err(problem) => {
+            status.next_run_time = None;
+            set_health(
+                &mut status,
+                &Health::not_ready(problem.reason, &problem.message, true),
+                generation,
+                now,
+            );
+            warn_if_new(&ctx, &mpc, &old, &problem).await;
+            write_status(&api, &mpc, &old, &status, &ctx).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    if mpc.spec.suspend {
+        status.next_run_time = None;
+        let health = Health::not_ready(
+            "Suspended",
+            "suspended: no sweeps run until spec.suspend is false",
+            false,
+        );
+        set_health(&mut status, &health, generation, now);
+        write_status(&api, &mpc, &old, &status, &ctx).await?;
+        return Ok(Action::await_change());
+    }
+
+    let run_request = mpc.annotations().get(RUN_REQUESTED_ANNOTATION).cloned();
+    let requested = run_request.is_some() && run_request != old.last_handled_run_request;
+    let due = next_due(
+        &plan.schedule,
+        &old,
+        old.observed_generation != generation,
+        now,
+    );
+    if !requested && due > now {
+        status.next_run_time = Some(Time(due));
+        write_status(&api, &mpc, &old, &status, &ctx).await?;
+        return Ok(requeue_at(due, now));
+    }
+
+    // Run now. Say so first, so that a long sweep shows as Reconciling.
+    status.last_handled_run_request = run_request;
+    let running = Health::running(format!("sweeping bucket {}", mpc.spec.bucket));
+    set_health(&mut status, &running, generation, now);
+    write_status(&api, &mpc, &old, &status, &ctx).await?;
+    let before_run = status.clone();
+
+    let labels = ResourceLabels {
+        namespace: &namespace,
+        name: &mpc.name_any(),
+        bucket: &mpc.spec.bucket,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let settings = match settings::s3_settings(&secrets, &namespace, &mpc.spec, &ctx.limits).await {
+        Ok(settings) => settings,
+        Err(problem) => {
+            ctx.metrics.run_not_started(&labels);
+            status.consecutive_failures += 1;
+            let retry = now + backoff(status.consecutive_failures);
+            status.next_run_time = Some(Time(retry));
+            set_health(
+                &mut status,
+                &Health::not_ready(problem.reason, &problem.message, problem.stalled),
+                generation,
+                now,
+            );
+            warn_if_new(&ctx, &mpc, &old, &problem).await;
+            write_status(&api, &mpc, &before_run, &status, &ctx).await?;
+            return Ok(requeue_at(retry, now));
+        }
+    };
+    let client = match settings.client().await {
+        Ok(client) => client,
+        Err(err) => {
+            // validate() already passed, so this is unexpected; treat it as a spec problem.
+            let problem = Problem {
+                reason: "InvalidSpec",
+                message: err.to_string(),
+                stalled: true,
+            };
+            set_health(
+                &mut status,
+                &Health::not_ready(problem.reason, &problem.message, true),
+                generation,
+                now,
+            );
+            warn_if_new(&ctx, &mpc, &old, &problem).await;
+            write_status(&api, &mpc, &before_run, &status, &ctx).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    tracing::info!(namespace, name = %mpc.name_any(), bucket = %mpc.spec.bucket, "sweep starting");
+    let outcome = sweep::sweep(&client, &plan.options, &NoProgress, &ctx.shutdown).await;
+    let verdict = judge(&outcome);
+    let summary = &outcome.summary;
+    tracing::info!(
+        namespace, name = %mpc.name_any(), found = summary.found, stale = summary.stale,
+        aborted = summary.aborted, failed = summary.failed, result = verdict.result, "sweep finished"
+    );
+    ctx.metrics
+        .sweep_finished(&labels, summary, verdict.result, verdict.success);
+
+    let completed = Timestamp::now();
+    status.last_run = Some(run_summary(&outcome, verdict.error.clone()));
+    status.total_aborted += summary.aborted as i64;
+    let next = if verdict.success {
+        status.consecutive_failures = 0;
+        status.last_successful_run_time = Some(Time(summary.completion_time));
+        plan.schedule.next_after(summary.start_time)
+    } else if matches!(outcome.stop, Some(SweepStop::Cancelled)) {
+        // Interrupted by shutdown: due again as soon as a controller picks it up.
+        status.consecutive_failures += 1;
+        completed
+    } else {
+        status.consecutive_failures += 1;
+        completed + backoff(status.consecutive_failures)
+    };
+    status.next_run_time = Some(Time(next));
+    set_health(&mut status, &verdict.health, generation, completed);
+    write_status(&api, &mpc, &before_run, &status, &ctx).await?;
+    publish(
+        &ctx,
+        &mpc,
+        verdict.event_type,
+        &verdict.health.reason,
+        &verdict.health.message,
+    )
+    .await;
+    Ok(requeue_at(next, completed))
+}
+
+/// When the next sweep is due, from the status as it was before this reconcile.
+fn next_due(
+    schedule: &crate::schedule::Schedule,
+    status: &MultipartCleanupStatus,
+    spec_changed: bool,
+    now: Timestamp,
+) -> Timestamp {
+    if status.consecutive_failures > 0 {
+        // Retrying with backoff; a spec change may be the fix, so it retries at once.
+        if spec_changed {
+            return now;
+        }
+        return status.next_run_time.as_ref().map_or(now, |t| t.0);
+    }
+    match &status.last_run {
+        None => now,
+        Some(run) => schedule.next_after(run.start_time.0),
+    }
+}
+
+fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
+    let wait = at
+        .duration_since(now)
+        .as_secs_f64()
+        .clamp(1.0, 24.0 * 3600.0);
+    Action::requeue(Duration::from_secs_f64(wait))
+}
+
+/// How a finished sweep reads in status, metrics and events.
+struct Verdict {
+    health: Health,
+    success: bool,
+    result: &'static str,
+    event_type: EventType,
+    error: Option<String>,
+}
+
+fn judge(outcome: &SweepOutcome) -> Verdict {
+    let s = &outcome.summary;
+    let counts = if s.dry_run {
+        format!(
+            "dry run: {} of {} uploads are stale and would be aborted",
+            s.stale, s.found
+        )
+    } else {
+        let mut text = format!("aborted {} of {} stale uploads", s.aborted, s.stale);
+        if s.already_gone > 0 {
+            text.push_str(&format!(" ({} already gone)", s.already_gone));
+        }
+        if let Some(bytes) = s.bytes_freed {
+            text.push_str(&format!(", {bytes} bytes freed"));
+        }
+        text
+    };
+    match &outcome.stop {
+        None if s.failed == 0 => Verdict {
+            health: Health::ready("Succeeded", counts),
+            success: true,
+            result: "succeeded",
+            event_type: EventType::Normal,
+            error: None,
+        },
+        None => {
+            let example = s.failures.first().map_or_else(String::new, |f| {
+                format!("; first failure: {} ({})", f.message, f.code)
+            });
+            let message = format!("{counts}; {} aborts failed{example}", s.failed);
+            Verdict {
+                health: Health::not_ready("AbortsFailed", message.clone(), false),
+                success: false,
+                result: "partial",
+                event_type: EventType::Warning,
+                error: Some(message),
+            }
+        }
+        Some(SweepStop::Cancelled) => {
+            let message = format!(
+                "interrupted by controller shutdown after {counts}; the next run continues"
+            );
+            Verdict {
+                health: Health::not_ready("Interrupted", message.clone(), false),
+                success: false,
+                result: "interrupted",
+                event_type: EventType::Warning,
+                error: Some(message),
+            }
+        }
+        Some(SweepStop::ListingFailed(err)) => {
+            let (reason, stalled, advice) = match err.kind {
+                S3ErrorKind::InvalidCredentials => (
+                    "CredentialsRejected",
+                    true,
+                    "fix the credentials in the Secret",
+                ),
+                S3ErrorKind::AccessDenied => (
+                    "AccessDenied",
+                    true,
+                    "grant the credentials access to the bucket",
+                ),
+                S3ErrorKind::NoSuchBucket => (
+                    "BucketNotFound",
+                    true,
+                    "check spec.bucket, spec.endpoint and spec.region",
+                ),
+                S3ErrorKind::Unreachable | S3ErrorKind::Timeout => (
+                    "EndpointUnreachable",
+                    false,
+                    "check spec.endpoint and the network; retrying with backoff",
+                ),
+                _ => ("ListingFailed", false, "retrying with backoff"),
+            };
+            let message = if s.found == 0 {
+                format!(
+                    "cannot list uploads of bucket {}: {err}; {advice}",
+                    s.bucket
+                )
+            } else {
+                format!(
+                    "listing stopped after {} uploads ({counts}): {err}; {advice}",
+                    s.found
+                )
+            };
+            Verdict {
+                health: Health::not_ready(reason, message.clone(), stalled),
+                success: false,
+                result: "failed",
+                event_type: EventType::Warning,
+                error: Some(message),
+            }
+        }
+    }
+}
+
+fn run_summary(outcome: &SweepOutcome, error: Option<String>) -> RunSummary {
+    let s = &outcome.summary;
+    RunSummary {
+        start_time: Time(s.start_time),
+        completion_time: Time(s.completion_time),
+        found: s.found as i64,
+        stale: s.stale as i64,
+        aborted: s.aborted as i64,
+        already_gone: s.already_gone as i64,
+        skipped: s.skipped as i64,
+        failed: s.failed as i64,
+        bytes_freed: s.bytes_freed.map(|b| b as i64),
+        dry_run: s.dry_run,
+        error,
+    }
+}
+
+fn set_health(
+    status: &mut MultipartCleanupStatus,
+    health: &Health,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    conditions::apply(&mut status.conditions, health, generation, now);
+}
+
+/// Writes the status when it differs from `previous`.
+async fn write_status(
+    api: &Api<MultipartCleanup>,
+    mpc: &MultipartCleanup,
+    previous: &MultipartCleanupStatus,
+    status: &MultipartCleanupStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if status == previous {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "status": status });
+    if let Err(err) = api
+        .patch_status(
+            &mpc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        ctx.metrics.status_patch_failed();
+        return Err(err.into());
+    }
+    Ok(())
+}
+
+/// A Warning Event for a problem, unless the resource already reports the same one.
+async fn warn_if_new(
+    ctx: &Context,
+    mpc: &MultipartCleanup,
+    old: &MultipartCleanupStatus,
+    problem: &Problem,
+) {
+    if conditions::ready_reason(&old.conditions) == Some(problem.reason) {
+        return;
+    }
+    publish(
+        ctx,
+        mpc,
+        EventType::Warning,
+        problem.reason,
+        &problem.message,
+    )
+    .await;
+}
+
+async fn publish(
+    ctx: &Context,
+    mpc: &MultipartCleanup,
+    type_: EventType,
+    reason: &str,
+    message: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Sweep".to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &mpc.object_ref(&())).await {
+        tracing::warn!(error = %settings::api_error_summary(&err), "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::max_age::MaxAge;
+    use crate::schedule::Schedule;
+    use crate::sweep::{S3Error, SweepOptions, SweepSummary};
+
+    fn outcome(stop: Option<SweepStop>, failed: u64) -> SweepOutcome {
+        let options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
+        let mut summary = SweepSummary::empty(&options, Timestamp::now());
+        summary.found = 130;
+        summary.stale = 120;
+        summary.aborted = 120 - failed;
+        summary.failed = failed;
+        SweepOutcome { summary, stop }
+    }
+
+    #[test]
+    fn verdicts_name_the_cause() {
+        let ok = judge(&outcome(None, 0));
+        assert!(ok.success && ok.health.ready);
+        assert_eq!(ok.health.message, "aborted 120 of 120 stale uploads");
+
+        let partial = judge(&outcome(None, 10));
+        assert!(!partial.success && !partial.health.ready && !partial.health.stalled);
+        assert_eq!(partial.health.reason, "AbortsFailed");
+
+        let denied = S3Error::new(
+            S3ErrorKind::InvalidCredentials,
+            Some("SignatureDoesNotMatch".into()),
+            "rejected",
+        );
+        let stalled = judge(&outcome(Some(SweepStop::ListingFailed(denied)), 0));
+        assert!(stalled.health.stalled);
+        assert_eq!(stalled.health.reason, "CredentialsRejected");
+
+        let down = S3Error::new(S3ErrorKind::Unreachable, None, "connection refused");
+        let retry = judge(&outcome(Some(SweepStop::ListingFailed(down)), 0));
+        assert!(!retry.health.stalled);
+        assert_eq!(retry.health.reason, "EndpointUnreachable");
+        assert!(
+            retry
+                .health
+                .message
+                .contains("listing stopped after 130 uploads"),
+            "{}",
+            retry.health.message
+        );
+    }
+
+    #[test]
+    fn due_times_follow_schedule_then_backoff() {
+        let schedule = Schedule::parse("@hourly", None).unwrap();
+        let now: Timestamp = "2026-11-22T05:30:00Z".parse().unwrap();
+        let mut status = MultipartCleanupStatus::default();
+        assert_eq!(
+            next_due(&schedule, &status, false, now),
+            now,
+            "never ran: due now"
+        );
+
+        let start: Timestamp = "2026-11-22T05:00:10Z".parse().unwrap();
+        status.last_run = Some(RunSummary {
+            start_time: Time(start),
+            completion_time: Time(start),
+            found: 0,
+            stale: 0,
+            aborted: 0,
+            already_gone: 0,
+            skipped: 0,
+            failed: 0,
+            bytes_freed: None,
+            dry_run: false,
+            error: None,
+        });
+        let next: Timestamp = "2026-11-22T06:00:00Z".parse().unwrap();
+        assert_eq!(
+            next_due(&schedule, &status, true, now),
+            next,
+            "a spec change alone does not re-run"
+        );
+
+        status.consecutive_failures = 2;
+        let retry: Timestamp = "2026-11-22T05:31:00Z".parse().unwrap();
+        status.next_run_time = Some(Time(retry));
+        assert_eq!(next_due(&schedule, &status, false, now), retry);
+        assert_eq!(
+            next_due(&schedule, &status, true, now),
+            now,
+            "a spec change retries a failure at once"
+        );
+        assert_eq!(backoff(1), SignedDuration::from_secs(15));
+        assert_eq!(backoff(3), SignedDuration::from_secs(60));
+        assert_eq!(backoff(40), SignedDuration::from_secs(600));
+    }
+}

@@ -1,0 +1,254 @@
+//! Prometheus metrics of the controller, exposed on `/metrics` in the text format.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    core::Collector,
+};
+use prometheus::{GaugeVec, IntCounter};
+
+use crate::sweep::SweepSummary;
+
+/// Which resource a series belongs to.
+pub struct ResourceLabels<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub bucket: &'a str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    runs: IntCounterVec,
+    uploads_found: IntCounterVec,
+    uploads_stale: IntCounterVec,
+    uploads_aborted: IntCounterVec,
+    uploads_already_gone: IntCounterVec,
+    uploads_failed: IntCounterVec,
+    bytes_freed: IntCounterVec,
+    run_duration: HistogramVec,
+    last_run: GaugeVec,
+    last_success: GaugeVec,
+    reconcile_errors: IntCounterVec,
+    leader: IntGauge,
+    status_patch_failures: IntCounter,
+}
+
+const RESOURCE: [&str; 3] = ["namespace", "name", "bucket"];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+            registry
+                .register(Box::new(collector.clone()))
+                .expect("metric names are unique");
+            collector
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            register(
+                &registry,
+                GaugeVec::new(Opts::new(name, help), &RESOURCE).expect("valid metric"),
+            )
+        };
+        Self {
+            runs: counter(
+                "mpu_sweeper_runs_total",
+                "Sweeps run, by result (succeeded, partial, failed, interrupted, setup_failed).",
+                &["namespace", "name", "bucket", "result"],
+            ),
+            uploads_found: counter(
+                "mpu_sweeper_uploads_found_total",
+                "Incomplete uploads listed.",
+                &RESOURCE,
+            ),
+            uploads_stale: counter(
+                "mpu_sweeper_uploads_stale_total",
+                "Uploads older than maxAge.",
+                &RESOURCE,
+            ),
+            uploads_aborted: counter(
+                "mpu_sweeper_uploads_aborted_total",
+                "Uploads aborted.",
+                &RESOURCE,
+            ),
+            uploads_already_gone: counter(
+                "mpu_sweeper_uploads_already_gone_total",
+                "Stale uploads completed or aborted by someone else first.",
+                &RESOURCE,
+            ),
+            uploads_failed: counter(
+                "mpu_sweeper_uploads_failed_total",
+                "Uploads whose abort failed.",
+                &RESOURCE,
+            ),
+            bytes_freed: counter(
+                "mpu_sweeper_bytes_freed_total",
+                "Bytes held by aborted uploads (when measureBytes is on).",
+                &RESOURCE,
+            ),
+            run_duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("mpu_sweeper_run_duration_seconds", "Duration of sweeps.")
+                        .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]),
+                    &["namespace", "name"],
+                )
+                .expect("valid metric"),
+            ),
+            last_run: gauge(
+                "mpu_sweeper_last_run_timestamp_seconds",
+                "Unix time the last sweep completed.",
+            ),
+            last_success: gauge(
+                "mpu_sweeper_last_success_timestamp_seconds",
+                "Unix time the last fully successful sweep completed.",
+            ),
+            reconcile_errors: counter(
+                "mpu_sweeper_reconcile_errors_total",
+                "Reconciliations that failed, by reason.",
+                &["namespace", "name", "reason"],
+            ),
+            leader: register(
+                &registry,
+                IntGauge::new(
+                    "mpu_sweeper_leader",
+                    "1 while this replica holds the leader lease.",
+                )
+                .expect("valid metric"),
+            ),
+            status_patch_failures: register(
+                &registry,
+                IntCounter::new(
+                    "mpu_sweeper_status_patch_failures_total",
+                    "Status updates that failed.",
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+
+    /// Records one finished sweep.
+    pub fn sweep_finished(
+        &self,
+        resource: &ResourceLabels<'_>,
+        summary: &SweepSummary,
+        result: &str,
+        success: bool,
+    ) {
+        let labels = [resource.namespace, resource.name, resource.bucket];
+        self.runs
+            .with_label_values(&[resource.namespace, resource.name, resource.bucket, result])
+            .inc();
+        self.uploads_found
+            .with_label_values(&labels)
+            .inc_by(summary.found);
+        self.uploads_stale
+            .with_label_values(&labels)
+            .inc_by(summary.stale);
+        self.uploads_aborted
+            .with_label_values(&labels)
+            .inc_by(summary.aborted);
+        self.uploads_already_gone
+            .with_label_values(&labels)
+            .inc_by(summary.already_gone);
+        self.uploads_failed
+            .with_label_values(&labels)
+            .inc_by(summary.failed);
+        self.bytes_freed
+            .with_label_values(&labels)
+            .inc_by(summary.bytes_freed.unwrap_or(0));
+        let seconds = summary
+            .completion_time
+            .duration_since(summary.start_time)
+            .as_secs_f64();
+        self.run_duration
+            .with_label_values(&[resource.namespace, resource.name])
+            .observe(seconds.max(0.0));
+        let completed = summary.completion_time.as_millisecond() as f64 / 1000.0;
+        self.last_run.with_label_values(&labels).set(completed);
+        if success {
+            self.last_success.with_label_values(&labels).set(completed);
+        }
+    }
+
+    /// A run that could not start (Secret missing, bad spec...).
+    pub fn run_not_started(&self, resource: &ResourceLabels<'_>) {
+        self.runs
+            .with_label_values(&[
+                resource.namespace,
+                resource.name,
+                resource.bucket,
+                "setup_failed",
+            ])
+            .inc();
+    }
+
+    pub fn reconcile_error(&self, namespace: &str, name: &str, reason: &str) {
+        self.reconcile_errors
+            .with_label_values(&[namespace, name, reason])
+            .inc();
+    }
+
+    pub fn status_patch_failed(&self) {
+        self.status_patch_failures.inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::max_age::MaxAge;
+
+    #[test]
+    fn a_finished_sweep_shows_in_the_exposition() {
+        let metrics = Metrics::new();
+        let options = crate::sweep::SweepOptions::new("bkt", MaxAge::from_secs(60).unwrap());
+        let mut summary = SweepSummary::empty(&options, jiff::Timestamp::now());
+        summary.found = 7;
+        summary.aborted = 5;
+        let resource = ResourceLabels {
+            namespace: "ns",
+            name: "mpc",
+            bucket: "bkt",
+        };
+        metrics.sweep_finished(&resource, &summary, "succeeded", true);
+        metrics.set_leader(true);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"mpu_sweeper_uploads_aborted_total{bucket="bkt",name="mpc",namespace="ns"} 5"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"mpu_sweeper_runs_total{bucket="bkt",name="mpc",namespace="ns",result="succeeded"} 1"#
+        ));
+        assert!(text.contains("mpu_sweeper_leader 1"));
+        assert!(text.contains("mpu_sweeper_run_duration_seconds_bucket"));
+    }
+}
