@@ -12,11 +12,14 @@ export AWS_EC2_METADATA_DISABLED=true
 echo "== cargo fmt --check"
 cargo fmt --check
 
-echo "== test bed"
-env_file=$(hack/testenv.sh up)
+echo "== test beds: S3 servers, then kube-apiserver (built once, cached)"
+s3_env=$(hack/testenv.sh up)
+kube_env=$(hack/kubeenv.sh up)
 set -a
 # shellcheck disable=SC1090
-. "$env_file"
+. "$s3_env"
+# shellcheck disable=SC1090
+. "$kube_env"
 set +a
 export MPU_TEST_REQUIRE_BED=1
 

@@ -14,11 +14,6 @@ use mpu_sweeper::sweep::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// Uploads created before waiting `AGE_WAIT` are older than `MAX_AGE`; uploads created just
-/// before a sweep are younger (the margin covers servers that store whole seconds).
-const MAX_AGE: &str = "3s";
-const AGE_WAIT: Duration = Duration::from_millis(4_500);
-
 macro_rules! on_every_server {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {

@@ -71,11 +71,9 @@ pub fn apply(
     ];
     for (kind, active, reason) in entries {
         let status = if active { "True" } else { "False" };
-        let message = if active || kind == READY {
-            health.message.clone()
-        } else {
-            String::new()
-        };
+        // Every condition carries the message: it explains the inactive ones too, and an empty
+        // string is stored as null by the v1.20 API server of the test bed, which then rejects it.
+        let message = health.message.clone();
         match conditions.iter_mut().find(|c| c.type_ == kind) {
             Some(existing) => {
                 if existing.status != status {

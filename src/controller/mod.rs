@@ -134,9 +134,14 @@ fn backoff(failures: i32) -> SignedDuration {
     SignedDuration::from_secs((15i64 << exponent).min(600))
 }
 
-async fn reconcile(mpc: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = mpc.namespace().ok_or(Error::NoNamespace)?;
+async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = cached.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<MultipartCleanup> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The watch cache can lag behind this controller's own last status write; deciding from it
+    // could sweep twice or write an older status over a newer one. One GET avoids both.
+    let Some(mpc) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
     let now = Timestamp::now();
     let old = mpc.status.clone().unwrap_or_default();
     let mut status = old.clone();

@@ -14,6 +14,13 @@ use aws_smithy_async::time::{SharedTimeSource, TimeSource};
 use futures::StreamExt;
 use mpu_sweeper::sweep::{AddressingStyle, CredentialSource, S3Settings};
 
+pub mod cluster;
+
+/// Uploads created before waiting `AGE_WAIT` are older than `MAX_AGE`; uploads created just
+/// before a sweep are younger (the margin covers servers that store whole seconds).
+pub const MAX_AGE: &str = "3s";
+pub const AGE_WAIT: Duration = Duration::from_millis(4_500);
+
 pub const SERVERS: [ServerKind; 2] = [ServerKind::Ceph, ServerKind::SeaweedFs];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

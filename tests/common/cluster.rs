@@ -1,0 +1,360 @@
+//! The Kubernetes side of the test bed: a real API server (`hack/kubeenv.sh up`, or any cluster
+//! whose kubeconfig is in `MPU_TEST_KUBECONFIG`), the CRD and RBAC applied with kubectl, and the
+//! controller run as a separate process with a ServiceAccount token bound by `deploy/rbac`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use mpu_sweeper::api::MultipartCleanup;
+
+use super::Server;
+
+pub const CONTROLLER_NAMESPACE: &str = "mpu-sweeper-system";
+pub const SERVICE_ACCOUNT: &str = "mpu-sweeper";
+
+pub struct KubeBed {
+    pub kubeconfig: PathBuf,
+    pub client: Client,
+    /// A kubeconfig holding only the controller ServiceAccount's token.
+    pub controller_kubeconfig: PathBuf,
+}
+
+/// The cluster, set up for the tests, or `None` (skip) when absent and not required.
+pub async fn kube_bed() -> Option<KubeBed> {
+    let Some(path) = std::env::var_os("MPU_TEST_KUBECONFIG").filter(|p| !p.is_empty()) else {
+        if std::env::var("MPU_TEST_REQUIRE_BED").as_deref() == Ok("1") {
+            panic!(
+                "MPU_TEST_REQUIRE_BED=1 but MPU_TEST_KUBECONFIG is not set; run hack/kubeenv.sh up"
+            );
+        }
+        eprintln!(
+            "SKIPPED: no Kubernetes test bed (set MPU_TEST_KUBECONFIG or run the README's test command)"
+        );
+        return None;
+    };
+    let kubeconfig = PathBuf::from(path);
+    let config = Kubeconfig::read_from(&kubeconfig).expect("readable kubeconfig");
+    let client = Client::try_from(
+        Config::from_custom_kubeconfig(config.clone(), &KubeConfigOptions::default())
+            .await
+            .expect("usable kubeconfig"),
+    )
+    .expect("client");
+    prepare_cluster(&kubeconfig);
+    let controller_kubeconfig = service_account_kubeconfig(&kubeconfig, &config);
+    Some(KubeBed {
+        kubeconfig,
+        client,
+        controller_kubeconfig,
+    })
+}
+
+/// Applies the CRD and the RBAC from the repository (idempotent; safe from parallel tests).
+fn prepare_cluster(kubeconfig: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let namespace =
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {CONTROLLER_NAMESPACE}\n");
+        kubectl_stdin(kubeconfig, &["apply", "-f", "-"], &namespace);
+        kubectl(
+            kubeconfig,
+            &["apply", "-f", &format!("{root}/crds/multipartcleanup.yaml")],
+        );
+        kubectl(kubeconfig, &["apply", "-k", &format!("{root}/deploy/rbac")]);
+        kubectl(
+            kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/multipartcleanups.mpusweeper.io",
+                "--timeout=60s",
+            ],
+        );
+    });
+}
+
+/// Runs kubectl against the bed and returns stdout; fails the test on a non-zero exit.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    kubectl_stdin(kubeconfig, args, "")
+}
+
+pub fn kubectl_stdin(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A kubeconfig for the controller's ServiceAccount, with a token from the TokenRequest API.
+fn service_account_kubeconfig(admin: &Path, config: &Kubeconfig) -> PathBuf {
+    let token = kubectl(
+        admin,
+        &[
+            "create",
+            "token",
+            SERVICE_ACCOUNT,
+            "-n",
+            CONTROLLER_NAMESPACE,
+            "--duration",
+            "2h",
+        ],
+    );
+    let cluster = config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .expect("a cluster in the kubeconfig");
+    let server = cluster.server.expect("cluster server");
+    let ca_line = match (
+        &cluster.certificate_authority,
+        &cluster.certificate_authority_data,
+    ) {
+        (Some(path), _) => format!("certificate-authority: {path}"),
+        (None, Some(data)) => format!("certificate-authority-data: {data}"),
+        (None, None) => "insecure-skip-tls-verify: true".to_owned(),
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {server}\n    {ca_line}\n\
+         users:\n- name: controller\n  user:\n    token: {}\ncontexts:\n- name: bed\n  context: {{cluster: bed, user: controller}}\n\
+         current-context: bed\n",
+        token.trim()
+    );
+    let path = std::env::temp_dir().join(format!(
+        "mpu-sweeper-controller-{}.kubeconfig",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &Client, tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "e2e-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let api: Api<Namespace> = Api::all(client.clone());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    api.create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+    name
+}
+
+pub async fn credentials_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    access_key: &str,
+    secret_key: &str,
+) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    }))
+    .unwrap();
+    match secrets.get_opt(name).await.unwrap() {
+        None => {
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .expect("create secret");
+        }
+        Some(existing) => {
+            let mut secret = secret;
+            secret.metadata.resource_version = existing.metadata.resource_version;
+            secrets
+                .replace(name, &PostParams::default(), &secret)
+                .await
+                .expect("replace secret");
+        }
+    }
+}
+
+/// Creates a MultipartCleanup for `server`'s bucket; `extra` is merged into the spec.
+pub async fn create_cleanup(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    server: &Server,
+    bucket: &str,
+    extra: serde_json::Value,
+) -> MultipartCleanup {
+    let mut spec = serde_json::json!({
+        "bucket": bucket,
+        "endpoint": server.endpoint,
+        "addressingStyle": "path",
+        "credentialsSecretRef": {"name": "s3-credentials"},
+        "maxAge": "3s",
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let resource: MultipartCleanup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "mpusweeper.io/v1alpha1",
+        "kind": "MultipartCleanup",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), &resource)
+        .await
+        .expect("create MultipartCleanup")
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `limit` (a hang guard).
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The controller as a child process; killed on drop.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub http_port: u16,
+    log_path: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts `mpu-sweeper controller` with the ServiceAccount kubeconfig and `args`.
+    pub fn start(bed: &KubeBed, args: &[&str]) -> Self {
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let log_path = std::env::temp_dir().join(format!(
+            "mpu-sweeper-controller-{}-{}.log",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mpu-sweeper"))
+            .arg("controller")
+            .arg("--http-address")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .args(args)
+            .env("KUBECONFIG", &bed.controller_kubeconfig)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("RUST_LOG", "warn,mpu_sweeper=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start controller");
+        Self {
+            child: Some(child),
+            http_port,
+            log_path,
+        }
+    }
+
+    /// GET a path on the controller's HTTP port: (status code, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((code, body))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        panic!(
+            "controller did not exit within 30 s of SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
