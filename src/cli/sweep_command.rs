@@ -180,7 +180,7 @@ pub async fn run(args: SweepArgs) -> u8 {
     let where_ = args.endpoint.as_deref().unwrap_or("AWS S3");
     print_report(&outcome, args.output, where_);
     match &outcome.stop {
-        Some(SweepStop::ListingFailed(_)) => exit::LISTING_FAILED,
+        Some(SweepStop::ListingFailed(_) | SweepStop::ServerUnreachable(_)) => exit::LISTING_FAILED,
         Some(SweepStop::Cancelled) => exit::INTERRUPTED,
         None if outcome.summary.failed > 0 => exit::SOME_FAILED,
         None => exit::OK,
@@ -205,6 +205,10 @@ fn stop_message(outcome: &SweepOutcome, bucket: &str, where_: &str) -> Option<St
         }
         SweepStop::ListingFailed(err) => format!(
             "listing of bucket {bucket:?} at {where_} stopped after {} uploads: {err}",
+            outcome.summary.found
+        ),
+        SweepStop::ServerUnreachable(err) => format!(
+            "bucket {bucket:?} at {where_} stopped answering after {} uploads were listed: {err}",
             outcome.summary.found
         ),
         SweepStop::Cancelled => "interrupted before the listing was complete".to_owned(),

@@ -369,7 +369,7 @@ fn judge(outcome: &SweepOutcome) -> Verdict {
                 error: Some(message),
             }
         }
-        Some(SweepStop::ListingFailed(err)) => {
+        Some(stop @ (SweepStop::ListingFailed(err) | SweepStop::ServerUnreachable(err))) => {
             let (reason, stalled, advice) = match err.kind {
                 S3ErrorKind::InvalidCredentials => (
                     "CredentialsRejected",
@@ -393,16 +393,17 @@ fn judge(outcome: &SweepOutcome) -> Verdict {
                 ),
                 _ => ("ListingFailed", false, "retrying with backoff"),
             };
-            let message = if s.found == 0 {
-                format!(
-                    "cannot list uploads of bucket {}: {err}; {advice}",
-                    s.bucket
-                )
-            } else {
-                format!(
-                    "listing stopped after {} uploads ({counts}): {err}; {advice}",
+            let message = match stop {
+                SweepStop::ListingFailed(_) if s.found == 0 => {
+                    format!(
+                        "cannot list uploads of bucket {}: {err}; {advice}",
+                        s.bucket
+                    )
+                }
+                _ => format!(
+                    "stopped after listing {} uploads ({counts}): {err}; {advice}",
                     s.found
-                )
+                ),
             };
             Verdict {
                 health: Health::not_ready(reason, message.clone(), stalled),
@@ -550,7 +551,7 @@ mod tests {
             retry
                 .health
                 .message
-                .contains("listing stopped after 130 uploads"),
+                .contains("stopped after listing 130 uploads"),
             "{}",
             retry.health.message
         );

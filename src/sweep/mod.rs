@@ -168,6 +168,9 @@ impl SweepSummary {
 pub enum SweepStop {
     /// A listing page failed after retries; what was listed before it was still handled.
     ListingFailed(S3Error),
+    /// An abort found the server unreachable after retries: the sweep stopped instead of failing
+    /// every remaining upload one by one. The next sweep picks up where this one stopped.
+    ServerUnreachable(S3Error),
     /// The caller cancelled; aborts in flight were finished.
     Cancelled,
 }
@@ -291,6 +294,11 @@ async fn run_sweep(
                 summary.record(&upload, &outcome);
                 if let UploadOutcome::Failed(err) = &outcome {
                     tracing::warn!(key = %upload.key, upload_id = %upload.upload_id, error = %err, "abort failed");
+                    if matches!(err.kind, S3ErrorKind::Unreachable | S3ErrorKind::Timeout) && stop.is_none() {
+                        listing_done = true;
+                        pending.clear();
+                        stop = Some(SweepStop::ServerUnreachable(err.clone()));
+                    }
                 }
                 observer.upload_handled(&upload, &outcome, &summary);
             }

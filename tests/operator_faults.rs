@@ -1,0 +1,220 @@
+//! The operator under faults: the S3 server killed in the middle of a large sweep, and the API
+//! server restarted under a running controller. They kill shared servers, so they run one at a
+//! time, in a test binary of their own (cargo runs test binaries one after another).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use mpu_sweeper::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn status_of(client: &Client, namespace: &str, name: &str) -> MultipartCleanupStatus {
+    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|m| m.status)
+        .unwrap_or_default()
+}
+
+fn ready(status: &MultipartCleanupStatus) -> Option<(&str, &str)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.reason.as_str(), c.message.as_str()))
+}
+
+fn run_script(script: &str, command: &str) {
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .status()
+        .expect("run bed script");
+    assert!(status.success(), "{script} {command} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(servers) = bed() else { return };
+    let Some(kube) = kube_bed().await else { return };
+    let ceph = servers
+        .into_iter()
+        .find(|s| s.kind == ServerKind::Ceph)
+        .unwrap();
+    let script = std::env::var("MPU_TESTENV_SCRIPT").expect("MPU_TESTENV_SCRIPT");
+    let fault = Server {
+        endpoint: std::env::var("MPU_TEST_CEPH_FAULT_ENDPOINT")
+            .expect("MPU_TEST_CEPH_FAULT_ENDPOINT"),
+        ..ceph.clone()
+    };
+    run_script(&script, "fault-start");
+
+    let s3 = ceph.client().await;
+    let bucket = create_bucket(&s3, "fault-s3").await;
+    const TOTAL: usize = 3_000;
+    create_uploads(&s3, &bucket, &keys("big/", TOTAL)).await;
+    tokio::time::sleep(AGE_WAIT).await;
+
+    let namespace = namespace(&kube.client, "fault-s3").await;
+    credentials_secret(
+        &kube.client,
+        &namespace,
+        "s3-credentials",
+        &ceph.access_key,
+        &ceph.secret_key,
+    )
+    .await;
+    let controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
+    // One abort at a time so that the sweep is still running when the server dies.
+    create_cleanup(
+        &kube.client,
+        &namespace,
+        "big",
+        &fault,
+        &bucket,
+        serde_json::json!({"concurrency": 1}),
+    )
+    .await;
+
+    eventually("the sweep to be under way", WAIT, || async {
+        let left = remaining_uploads(&s3, &bucket).await.len();
+        (left < TOTAL - 100).then_some(())
+    })
+    .await;
+    run_script(&script, "fault-stop");
+
+    let status = eventually("the interrupted run in status", WAIT, || async {
+        let status = status_of(&kube.client, &namespace, "big").await;
+        (ready(&status).map(|r| r.0) == Some("EndpointUnreachable")).then_some(status)
+    })
+    .await;
+    let run = status
+        .last_run
+        .clone()
+        .expect("lastRun of the interrupted sweep");
+    assert!(
+        run.aborted >= 100 && (run.aborted as usize) < TOTAL,
+        "aborted {}",
+        run.aborted
+    );
+    let error = run.error.clone().unwrap_or_default();
+    assert!(error.contains("stopped after listing"), "{error}");
+    assert!(
+        error.contains(&format!("aborted {} of", run.aborted)),
+        "what was done: {error}"
+    );
+    assert!(
+        controller.get("/healthz").is_some(),
+        "the controller keeps running"
+    );
+    // The abort in flight when the server died may have been applied with its answer lost: that
+    // one upload is gone but counted as failed, never the other way round.
+    let gone = TOTAL - remaining_uploads(&s3, &bucket).await.len();
+    let applied_unanswered = gone
+        .checked_sub(run.aborted as usize)
+        .expect("status counts more aborts than are really gone");
+    assert!(
+        applied_unanswered <= 1 && run.failed as usize >= applied_unanswered,
+        "status counts {} aborted, {} failed; {gone} really gone",
+        run.aborted,
+        run.failed
+    );
+
+    // The server comes back; the next run finishes the job.
+    run_script(&script, "fault-start");
+    let api: Api<MultipartCleanup> = Api::namespaced(kube.client.clone(), &namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {RUN_REQUESTED_ANNOTATION: "after-restart"}}});
+    api.patch("big", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let status = eventually("the run after the server returned", WAIT, || async {
+        let status = status_of(&kube.client, &namespace, "big").await;
+        (status.last_handled_run_request.as_deref() == Some("after-restart")
+            && ready(&status).map(|r| r.0) == Some("Succeeded"))
+        .then_some(status)
+    })
+    .await;
+    assert_eq!(status.total_aborted as usize + applied_unanswered, TOTAL);
+    assert_eq!(remaining_uploads(&s3, &bucket).await, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_server_restart_under_a_running_controller() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(servers) = bed() else { return };
+    let Some(kube) = kube_bed().await else { return };
+    if std::env::var("MPU_TEST_KUBE_LOCAL").as_deref() != Ok("1") {
+        eprintln!("SKIPPED: restarting the API server needs the local bed (hack/kubeenv.sh)");
+        return;
+    }
+    let kubeenv = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/kubeenv.sh");
+    let ceph = servers
+        .into_iter()
+        .find(|s| s.kind == ServerKind::Ceph)
+        .unwrap();
+    let s3 = ceph.client().await;
+    let bucket = create_bucket(&s3, "fault-api").await;
+    let namespace = namespace(&kube.client, "fault-api").await;
+    credentials_secret(
+        &kube.client,
+        &namespace,
+        "s3-credentials",
+        &ceph.access_key,
+        &ceph.secret_key,
+    )
+    .await;
+    let controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
+    create_cleanup(
+        &kube.client,
+        &namespace,
+        "before",
+        &ceph,
+        &bucket,
+        serde_json::json!({}),
+    )
+    .await;
+    eventually("the first resource swept", WAIT, || async {
+        (ready(&status_of(&kube.client, &namespace, "before").await).map(|r| r.0)
+            == Some("Succeeded"))
+        .then_some(())
+    })
+    .await;
+
+    run_script(kubeenv, "stop-apiserver");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        controller.get("/healthz").is_some(),
+        "the controller survives the outage"
+    );
+    run_script(kubeenv, "start-apiserver");
+
+    // It reconnects and carries on: a resource created after the restart is swept.
+    create_uploads(&s3, &bucket, &keys("after/", 3)).await;
+    tokio::time::sleep(AGE_WAIT).await;
+    create_cleanup(
+        &kube.client,
+        &namespace,
+        "after",
+        &ceph,
+        &bucket,
+        serde_json::json!({}),
+    )
+    .await;
+    let status = eventually("the resource created after the restart", WAIT, || async {
+        let status = status_of(&kube.client, &namespace, "after").await;
+        (ready(&status).map(|r| r.0) == Some("Succeeded")).then_some(status)
+    })
+    .await;
+    assert_eq!(status.last_run.unwrap().aborted, 3);
+    assert!(controller.get("/healthz").is_some());
+}
