@@ -49,7 +49,7 @@ install_apt() {
   command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
   command -v rsync >/dev/null || missing+=(rsync)
   command -v openssl >/dev/null || missing+=(openssl)
-  command -v kubectl >/dev/null || missing+=(kubernetes-client)
+
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing from Debian: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -12,15 +12,20 @@ export AWS_EC2_METADATA_DISABLED=true
 echo "== cargo fmt --check"
 cargo fmt --check
 
-echo "== test beds: S3 servers, then kube-apiserver (built once, cached)"
+echo "== test beds: S3 servers, kube-apiserver (built once, cached), packaging tools"
 s3_env=$(hack/testenv.sh up)
 kube_env=$(hack/kubeenv.sh up)
+tools_env=$(hack/tools.sh up)
 set -a
 # shellcheck disable=SC1090
 . "$s3_env"
 # shellcheck disable=SC1090
 . "$kube_env"
+# shellcheck disable=SC1090
+. "$tools_env"
 set +a
+# kubectl 1.35 and helm 4 from hack/tools.sh, the same on every machine.
+export PATH=$MPU_TEST_TOOLS_BIN:$PATH
 export MPU_TEST_REQUIRE_BED=1
 
 echo "== cargo clippy"

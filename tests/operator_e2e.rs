@@ -11,57 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
-use mpu_sweeper::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION};
-
-const WAIT: Duration = Duration::from_secs(90);
-
-async fn beds() -> Option<(KubeBed, Server)> {
-    let servers = bed()?;
-    let kube = kube_bed().await?;
-    let ceph = servers
-        .into_iter()
-        .find(|s| s.kind == ServerKind::Ceph)
-        .unwrap();
-    Some((kube, ceph))
-}
-
-async fn status_of(client: &Client, namespace: &str, name: &str) -> MultipartCleanupStatus {
-    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
-    api.get(name)
-        .await
-        .expect("get resource")
-        .status
-        .unwrap_or_default()
-}
-
-fn condition<'a>(
-    status: &'a MultipartCleanupStatus,
-    kind: &str,
-) -> Option<(&'a str, &'a str, &'a str)> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == kind)
-        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
-}
-
-/// Waits until the resource's Ready condition has `reason`, and returns the status.
-async fn wait_for_reason(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    reason: &str,
-) -> MultipartCleanupStatus {
-    eventually(
-        &format!("{namespace}/{name} Ready reason {reason}"),
-        WAIT,
-        || async {
-            let status = status_of(client, namespace, name).await;
-            (condition(&status, "Ready").map(|c| c.1) == Some(reason)).then_some(status)
-        },
-    )
-    .await
-}
+use mpu_sweeper::api::MultipartCleanup;
 
 async fn events_for(client: &Client, namespace: &str, name: &str) -> Vec<(String, String, String)> {
     let api: Api<Event> = Api::namespaced(client.clone(), namespace);
@@ -81,14 +31,6 @@ async fn events_for(client: &Client, namespace: &str, name: &str) -> Vec<(String
         .collect()
 }
 
-async fn annotate(client: &Client, namespace: &str, name: &str, token: &str) {
-    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({"metadata": {"annotations": {RUN_REQUESTED_ANNOTATION: token}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotate");
-}
-
 async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: serde_json::Value) {
     let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({ "spec": spec });
@@ -99,7 +41,7 @@ async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: serde_js
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_resource_sweeps_at_once_and_reports_counts_conditions_events_and_metrics() {
-    let Some((kube, ceph)) = beds().await else {
+    let Some((kube, ceph)) = kube_and_ceph().await else {
         return;
     };
     let s3 = ceph.client().await;
@@ -224,7 +166,7 @@ async fn a_new_resource_sweeps_at_once_and_reports_counts_conditions_events_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_now_annotation_reruns_and_suspend_stops_runs() {
-    let Some((kube, ceph)) = beds().await else {
+    let Some((kube, ceph)) = kube_and_ceph().await else {
         return;
     };
     let s3 = ceph.client().await;
@@ -312,7 +254,7 @@ async fn run_now_annotation_reruns_and_suspend_stops_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dry_run_resource_counts_and_aborts_nothing() {
-    let Some((kube, ceph)) = beds().await else {
+    let Some((kube, ceph)) = kube_and_ceph().await else {
         return;
     };
     let s3 = ceph.client().await;
@@ -348,7 +290,7 @@ async fn dry_run_resource_counts_and_aborts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_reported_and_fixed_input_recovers() {
-    let Some((kube, ceph)) = beds().await else {
+    let Some((kube, ceph)) = kube_and_ceph().await else {
         return;
     };
     let s3 = ceph.client().await;
@@ -485,7 +427,7 @@ async fn bad_input_is_reported_and_fixed_input_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_resources_at_once_all_get_swept() {
-    let Some((kube, ceph)) = beds().await else {
+    let Some((kube, ceph)) = kube_and_ceph().await else {
         return;
     };
     let s3 = ceph.client().await;
@@ -560,7 +502,7 @@ async fn fifty_resources_at_once_all_get_swept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_elect_one_leader_and_fail_over() {
-    let Some((kube, ceph)) = beds().await else {
+    let Some((kube, ceph)) = kube_and_ceph().await else {
         return;
     };
     let s3 = ceph.client().await;
@@ -574,7 +516,8 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
         &ceph.secret_key,
     )
     .await;
-    let lease_name = format!("mpu-sweeper-{namespace}");
+    // The one Lease name the shipped RBAC lets the controller read and renew.
+    let lease_name = "mpu-sweeper".to_owned();
     let replica = |identity: &str| {
         ControllerProcess::start(
             &kube,

@@ -9,29 +9,8 @@ use std::time::Duration;
 
 use common::cluster::*;
 use common::*;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
-use mpu_sweeper::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const WAIT: Duration = Duration::from_secs(120);
-
-async fn status_of(client: &Client, namespace: &str, name: &str) -> MultipartCleanupStatus {
-    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
-    api.get(name)
-        .await
-        .ok()
-        .and_then(|m| m.status)
-        .unwrap_or_default()
-}
-
-fn ready(status: &MultipartCleanupStatus) -> Option<(&str, &str)> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.reason.as_str(), c.message.as_str()))
-}
 
 fn run_script(script: &str, command: &str) {
     let status = Command::new("bash")
@@ -45,12 +24,9 @@ fn run_script(script: &str, command: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(servers) = bed() else { return };
-    let Some(kube) = kube_bed().await else { return };
-    let ceph = servers
-        .into_iter()
-        .find(|s| s.kind == ServerKind::Ceph)
-        .unwrap();
+    let Some((kube, ceph)) = kube_and_ceph().await else {
+        return;
+    };
     let script = std::env::var("MPU_TESTENV_SCRIPT").expect("MPU_TESTENV_SCRIPT");
     let fault = Server {
         endpoint: std::env::var("MPU_TEST_CEPH_FAULT_ENDPOINT")
@@ -95,7 +71,7 @@ async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
 
     let status = eventually("the interrupted run in status", WAIT, || async {
         let status = status_of(&kube.client, &namespace, "big").await;
-        (ready(&status).map(|r| r.0) == Some("EndpointUnreachable")).then_some(status)
+        (condition(&status, "Ready").map(|c| c.1) == Some("EndpointUnreachable")).then_some(status)
     })
     .await;
     let run = status
@@ -132,15 +108,11 @@ async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
 
     // The server comes back; the next run finishes the job.
     run_script(&script, "fault-start");
-    let api: Api<MultipartCleanup> = Api::namespaced(kube.client.clone(), &namespace);
-    let patch = serde_json::json!({"metadata": {"annotations": {RUN_REQUESTED_ANNOTATION: "after-restart"}}});
-    api.patch("big", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    annotate(&kube.client, &namespace, "big", "after-restart").await;
     let status = eventually("the run after the server returned", WAIT, || async {
         let status = status_of(&kube.client, &namespace, "big").await;
         (status.last_handled_run_request.as_deref() == Some("after-restart")
-            && ready(&status).map(|r| r.0) == Some("Succeeded"))
+            && condition(&status, "Ready").map(|c| c.1) == Some("Succeeded"))
         .then_some(status)
     })
     .await;
@@ -151,17 +123,14 @@ async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_server_restart_under_a_running_controller() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(servers) = bed() else { return };
-    let Some(kube) = kube_bed().await else { return };
+    let Some((kube, ceph)) = kube_and_ceph().await else {
+        return;
+    };
     if std::env::var("MPU_TEST_KUBE_LOCAL").as_deref() != Ok("1") {
         eprintln!("SKIPPED: restarting the API server needs the local bed (hack/kubeenv.sh)");
         return;
     }
     let kubeenv = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/kubeenv.sh");
-    let ceph = servers
-        .into_iter()
-        .find(|s| s.kind == ServerKind::Ceph)
-        .unwrap();
     let s3 = ceph.client().await;
     let bucket = create_bucket(&s3, "fault-api").await;
     let namespace = namespace(&kube.client, "fault-api").await;
@@ -184,7 +153,11 @@ async fn api_server_restart_under_a_running_controller() {
     )
     .await;
     eventually("the first resource swept", WAIT, || async {
-        (ready(&status_of(&kube.client, &namespace, "before").await).map(|r| r.0)
+        (condition(
+            &status_of(&kube.client, &namespace, "before").await,
+            "Ready",
+        )
+        .map(|c| c.1)
             == Some("Succeeded"))
         .then_some(())
     })
@@ -212,7 +185,7 @@ async fn api_server_restart_under_a_running_controller() {
     .await;
     let status = eventually("the resource created after the restart", WAIT, || async {
         let status = status_of(&kube.client, &namespace, "after").await;
-        (ready(&status).map(|r| r.0) == Some("Succeeded")).then_some(status)
+        (condition(&status, "Ready").map(|c| c.1) == Some("Succeeded")).then_some(status)
     })
     .await;
     assert_eq!(status.last_run.unwrap().aborted, 3);

@@ -4,15 +4,15 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use mpu_sweeper::api::MultipartCleanup;
+use mpu_sweeper::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION};
 
 use super::Server;
 
@@ -29,26 +29,22 @@ pub struct KubeBed {
 /// The cluster, set up for the tests, or `None` (skip) when absent and not required.
 pub async fn kube_bed() -> Option<KubeBed> {
     let Some(path) = std::env::var_os("MPU_TEST_KUBECONFIG").filter(|p| !p.is_empty()) else {
-        if std::env::var("MPU_TEST_REQUIRE_BED").as_deref() == Ok("1") {
-            panic!(
-                "MPU_TEST_REQUIRE_BED=1 but MPU_TEST_KUBECONFIG is not set; run hack/kubeenv.sh up"
-            );
-        }
-        eprintln!(
-            "SKIPPED: no Kubernetes test bed (set MPU_TEST_KUBECONFIG or run the README's test command)"
+        return super::absent(
+            "Kubernetes test bed",
+            "set MPU_TEST_KUBECONFIG, e.g. by sourcing the env file of hack/kubeenv.sh up",
         );
-        return None;
     };
     let kubeconfig = PathBuf::from(path);
     let config = Kubeconfig::read_from(&kubeconfig).expect("readable kubeconfig");
     let client = Client::try_from(
-        Config::from_custom_kubeconfig(config.clone(), &KubeConfigOptions::default())
+        Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
             .await
             .expect("usable kubeconfig"),
     )
     .expect("client");
     prepare_cluster(&kubeconfig);
-    let controller_kubeconfig = service_account_kubeconfig(&kubeconfig, &config);
+    let controller_kubeconfig =
+        service_account_kubeconfig(&kubeconfig, CONTROLLER_NAMESPACE, SERVICE_ACCOUNT);
     Some(KubeBed {
         kubeconfig,
         client,
@@ -87,6 +83,17 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
 }
 
 pub fn kubectl_stdin(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
+    let output = kubectl_output(kubeconfig, args, stdin);
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs kubectl with `stdin` and returns its output, whatever its exit status.
+pub fn kubectl_output(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -102,28 +109,16 @@ pub fn kubectl_stdin(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    child.wait_with_output().unwrap()
 }
 
-/// A kubeconfig for the controller's ServiceAccount, with a token from the TokenRequest API.
-fn service_account_kubeconfig(admin: &Path, config: &Kubeconfig) -> PathBuf {
+/// A kubeconfig holding only a token of ServiceAccount `namespace/name`, from the TokenRequest
+/// API, for the cluster of the admin kubeconfig `admin`.
+pub fn service_account_kubeconfig(admin: &Path, namespace: &str, name: &str) -> PathBuf {
+    let config = Kubeconfig::read_from(admin).expect("readable kubeconfig");
     let token = kubectl(
         admin,
-        &[
-            "create",
-            "token",
-            SERVICE_ACCOUNT,
-            "-n",
-            CONTROLLER_NAMESPACE,
-            "--duration",
-            "2h",
-        ],
+        &["create", "token", name, "-n", namespace, "--duration", "2h"],
     );
     let cluster = config
         .clusters
@@ -141,15 +136,23 @@ fn service_account_kubeconfig(admin: &Path, config: &Kubeconfig) -> PathBuf {
     };
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster:\n    server: {server}\n    {ca_line}\n\
-         users:\n- name: controller\n  user:\n    token: {}\ncontexts:\n- name: bed\n  context: {{cluster: bed, user: controller}}\n\
+         users:\n- name: {name}\n  user:\n    token: {}\ncontexts:\n- name: bed\n  context: {{cluster: bed, user: {name}}}\n\
          current-context: bed\n",
         token.trim()
     );
     let path = std::env::temp_dir().join(format!(
-        "mpu-sweeper-controller-{}.kubeconfig",
+        "mpu-sweeper-{}-{namespace}-{name}.kubeconfig",
         std::process::id()
     ));
-    std::fs::write(&path, text).unwrap();
+    // Tests running in parallel rewrite the same file while controllers read it: replace it
+    // whole, never let a reader see it half written.
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let partial = path.with_extension(format!(
+        "partial-{}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&partial, text).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
     path
 }
 
@@ -267,6 +270,11 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// Starts `mpu-sweeper controller` with the ServiceAccount kubeconfig and `args`.
     pub fn start(bed: &KubeBed, args: &[&str]) -> Self {
+        Self::start_as(&bed.controller_kubeconfig, args, &[])
+    }
+
+    /// Starts `mpu-sweeper controller` with `kubeconfig`, `args` and extra environment `env`.
+    pub fn start_as(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let http_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -284,7 +292,8 @@ impl ControllerProcess {
             .arg("--http-address")
             .arg(format!("127.0.0.1:{http_port}"))
             .args(args)
-            .env("KUBECONFIG", &bed.controller_kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
+            .envs(env.iter().copied())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -357,4 +366,67 @@ impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Hang guard for waits on the controller (not a timing assertion).
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// Both beds, and the Ceph server the operator tests sweep.
+pub async fn kube_and_ceph() -> Option<(KubeBed, Server)> {
+    let servers = super::bed()?;
+    let kube = kube_bed().await?;
+    let ceph = servers
+        .into_iter()
+        .find(|s| s.kind == super::ServerKind::Ceph)
+        .unwrap();
+    Some((kube, ceph))
+}
+
+/// The resource's status; empty while it has none or cannot be read (an API server restarting).
+pub async fn status_of(client: &Client, namespace: &str, name: &str) -> MultipartCleanupStatus {
+    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
+    api.get(name)
+        .await
+        .ok()
+        .and_then(|m| m.status)
+        .unwrap_or_default()
+}
+
+/// Condition `kind` as (status, reason, message).
+pub fn condition<'a>(
+    status: &'a MultipartCleanupStatus,
+    kind: &str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+/// Waits until the resource's Ready condition has `reason`, and returns the status.
+pub async fn wait_for_reason(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> MultipartCleanupStatus {
+    eventually(
+        &format!("{namespace}/{name} Ready reason {reason}"),
+        WAIT,
+        || async {
+            let status = status_of(client, namespace, name).await;
+            (condition(&status, "Ready").map(|c| c.1) == Some(reason)).then_some(status)
+        },
+    )
+    .await
+}
+
+/// Sets the run-now annotation to `token`.
+pub async fn annotate(client: &Client, namespace: &str, name: &str, token: &str) {
+    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {RUN_REQUESTED_ANNOTATION: token}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate");
 }

@@ -41,16 +41,23 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Called when part of the test bed is absent: the test skips itself (returns `None`) when run
+/// bare, and fails under `MPU_TEST_REQUIRE_BED=1`, as the README's test command sets it.
+pub fn absent<T>(what: &str, how: &str) -> Option<T> {
+    if var("MPU_TEST_REQUIRE_BED").as_deref() == Some("1") {
+        panic!("MPU_TEST_REQUIRE_BED=1 but {what} is missing; {how}");
+    }
+    eprintln!("SKIPPED: no {what} ({how}, or run the README's test command)");
+    None
+}
+
 /// The bed's servers, or `None` (skip) when the bed is absent and not required.
 pub fn bed() -> Option<Vec<Server>> {
     let Some(access_key) = var("MPU_TEST_ACCESS_KEY_ID") else {
-        if var("MPU_TEST_REQUIRE_BED").as_deref() == Some("1") {
-            panic!(
-                "MPU_TEST_REQUIRE_BED=1 but the S3 test bed environment is missing; run hack/testenv.sh up and source its env file"
-            );
-        }
-        eprintln!("SKIPPED: no S3 test bed (run hack/testenv.sh up, or the README's test command)");
-        return None;
+        return absent(
+            "S3 test bed",
+            "run hack/testenv.sh up and source its env file",
+        );
     };
     let secret_key = var("MPU_TEST_SECRET_ACCESS_KEY").expect("MPU_TEST_SECRET_ACCESS_KEY");
     let server = |kind, endpoint_var: &str| Server {
