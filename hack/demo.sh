@@ -21,8 +21,11 @@ set -a
 # shellcheck disable=SC1090
 . "$(hack/testenv.sh up)"
 # shellcheck disable=SC1090
+. "$(hack/tools.sh up)"
+# shellcheck disable=SC1090
 . "$(hack/kubeenv.sh up)"
 set +a
+export PATH=$MPU_TEST_TOOLS_BIN:$PATH
 export KUBECONFIG=$MPU_TEST_KUBECONFIG
 
 say "building mpu-sweeper"

@@ -23,9 +23,9 @@ API_PORT=16443
 ENV_FILE=$BED_DIR/env
 ADMIN_TOKEN_FILE=$BED_DIR/admin.token
 
-log() { printf '[kubeenv] %s\n' "$*" >&2; }
-die() { printf '[kubeenv] error: %s\n' "$*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+LOG_TAG=kubeenv
+# shellcheck source=hack/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 enable_deb_src() {
   # Source packages come from the same Debian mirror the machine already uses for binaries.
@@ -50,11 +50,7 @@ install_apt() {
   command -v rsync >/dev/null || missing+=(rsync)
   command -v openssl >/dev/null || missing+=(openssl)
 
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing from Debian: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
 }
 
 build_apiserver() {

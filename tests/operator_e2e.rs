@@ -50,15 +50,7 @@ async fn a_new_resource_sweeps_at_once_and_reports_counts_conditions_events_and_
     tokio::time::sleep(AGE_WAIT).await;
     let mut fresh = create_uploads(&s3, &bucket, &keys("new/", 2)).await;
 
-    let namespace = namespace(&kube.client, "basic").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "basic", &ceph).await;
     let controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
     create_cleanup(
         &kube.client,
@@ -171,15 +163,7 @@ async fn run_now_annotation_reruns_and_suspend_stops_runs() {
     };
     let s3 = ceph.client().await;
     let bucket = create_bucket(&s3, "e2e-runnow").await;
-    let namespace = namespace(&kube.client, "runnow").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "runnow", &ceph).await;
     let _controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
     create_cleanup(
         &kube.client,
@@ -261,15 +245,7 @@ async fn dry_run_resource_counts_and_aborts_nothing() {
     let bucket = create_bucket(&s3, "e2e-dry").await;
     let mut uploads = create_uploads(&s3, &bucket, &keys("old/", 4)).await;
     tokio::time::sleep(AGE_WAIT).await;
-    let namespace = namespace(&kube.client, "dry").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "dry", &ceph).await;
     let _controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
     create_cleanup(
         &kube.client,
@@ -431,15 +407,7 @@ async fn fifty_resources_at_once_all_get_swept() {
         return;
     };
     let s3 = ceph.client().await;
-    let namespace = namespace(&kube.client, "fifty").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "fifty", &ceph).await;
     let mut buckets = Vec::new();
     for _ in 0..50 {
         let bucket = create_bucket(&s3, "e2e-fifty").await;
@@ -507,15 +475,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
     };
     let s3 = ceph.client().await;
     let bucket = create_bucket(&s3, "e2e-leader").await;
-    let namespace = namespace(&kube.client, "leader").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "leader", &ceph).await;
     // The one Lease name the shipped RBAC lets the controller read and renew.
     let lease_name = "mpu-sweeper".to_owned();
     let replica = |identity: &str| {

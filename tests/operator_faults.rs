@@ -41,15 +41,7 @@ async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
     create_uploads(&s3, &bucket, &keys("big/", TOTAL)).await;
     tokio::time::sleep(AGE_WAIT).await;
 
-    let namespace = namespace(&kube.client, "fault-s3").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "fault-s3", &ceph).await;
     let controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
     // One abort at a time so that the sweep is still running when the server dies.
     create_cleanup(
@@ -133,15 +125,7 @@ async fn api_server_restart_under_a_running_controller() {
     let kubeenv = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/kubeenv.sh");
     let s3 = ceph.client().await;
     let bucket = create_bucket(&s3, "fault-api").await;
-    let namespace = namespace(&kube.client, "fault-api").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "fault-api", &ceph).await;
     let controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
     create_cleanup(
         &kube.client,

@@ -503,8 +503,8 @@ async fn helm_install_watching_one_namespace_sweeps_under_the_chart_service_acco
         return;
     };
     let release_namespace = namespace(&kube.client, "helm").await;
-    let watched = namespace(&kube.client, "helm-watched").await;
-    let unwatched = namespace(&kube.client, "helm-unwatched").await;
+    let watched = namespace_with_credentials(&kube.client, "helm-watched", &ceph).await;
+    let unwatched = namespace_with_credentials(&kube.client, "helm-unwatched", &ceph).await;
     let admin = Some(kube.kubeconfig.as_path());
     let install = helm(
         &tools,
@@ -539,16 +539,6 @@ async fn helm_install_watching_one_namespace_sweeps_under_the_chart_service_acco
 
     // The chart's ServiceAccount with a real token; RBAC scoped to the watched namespace.
     let token = service_account_kubeconfig(&kube.kubeconfig, &release_namespace, fullname);
-    for namespace in [&watched, &unwatched] {
-        credentials_secret(
-            &kube.client,
-            namespace,
-            "s3-credentials",
-            &ceph.access_key,
-            &ceph.secret_key,
-        )
-        .await;
-    }
     let as_controller = |args: &[&str]| kubectl_output(&token, args, "");
     let allowed = as_controller(&["get", "secret", "s3-credentials", "-n", &watched]);
     assert!(allowed.status.success(), "{}", text(&allowed.stderr));
@@ -719,15 +709,7 @@ async fn kustomize_install_sweeps_every_namespace_under_its_service_account() {
     let bucket = create_bucket(&s3, "kustomize").await;
     create_uploads(&s3, &bucket, &keys("old/", 3)).await;
     tokio::time::sleep(AGE_WAIT).await;
-    let namespace = namespace(&kube.client, "kustomize").await;
-    credentials_secret(
-        &kube.client,
-        &namespace,
-        "s3-credentials",
-        &ceph.access_key,
-        &ceph.secret_key,
-    )
-    .await;
+    let namespace = namespace_with_credentials(&kube.client, "kustomize", &ceph).await;
     // The same ServiceAccount (mpu-sweeper-system/mpu-sweeper) the kustomization created.
     let mut controller = start_controller(
         &kube.controller_kubeconfig,

@@ -178,6 +178,20 @@ pub async fn namespace(client: &Client, tag: &str) -> String {
     name
 }
 
+/// A fresh namespace holding Secret `s3-credentials` with `server`'s keys.
+pub async fn namespace_with_credentials(client: &Client, tag: &str, server: &Server) -> String {
+    let name = namespace(client, tag).await;
+    credentials_secret(
+        client,
+        &name,
+        "s3-credentials",
+        &server.access_key,
+        &server.secret_key,
+    )
+    .await;
+    name
+}
+
 pub async fn credentials_secret(
     client: &Client,
     namespace: &str,
