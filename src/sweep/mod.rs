@@ -234,9 +234,10 @@ async fn run_sweep(
     let max_age = options.max_age.as_duration();
     let bucket: Arc<str> = options.bucket.as_str().into();
 
-    // At most one page of stale uploads waits in `pending` and `concurrency` aborts run in
-    // `in_flight`; the next page is fetched only once the current one is fully dispatched, while
-    // its last aborts are still running.
+    // The next page is fetched while the current one is still being aborted, so that aborts never
+    // wait on a listing request (on Ceph RGW a 1,000-upload page takes long enough to matter);
+    // fetching stops while a full page is pending. Memory therefore stays at two pages and
+    // `concurrency` aborts, whatever the bucket holds.
     let pages = listing::pages(
         client,
         &options.bucket,
@@ -244,6 +245,7 @@ async fn run_sweep(
         options.page_size,
     );
     let mut pages = std::pin::pin!(pages);
+    let page_capacity = usize::try_from(options.page_size).unwrap_or(1).max(1);
     let mut pending: VecDeque<ListedUpload> = VecDeque::new();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, (ListedUpload, UploadOutcome)>> =
         FuturesUnordered::new();
@@ -262,7 +264,7 @@ async fn run_sweep(
                 abort_options,
             ));
         }
-        let want_page = pending.is_empty() && !listing_done;
+        let want_page = !listing_done && pending.len() < page_capacity;
         if !want_page && in_flight.is_empty() {
             break;
         }
