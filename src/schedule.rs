@@ -98,7 +98,7 @@ impl Schedule {
         if days_of_week & (1 << 7) != 0 {
             days_of_week |= 1;
         }
-        Ok(Schedule::Cron(Box::new(Cron {
+        let cron = Cron {
             minutes: field(0, "minute", 0, 59, &[])?,
             hours: field(1, "hour", 0, 23, &[])?,
             days_of_month: field(2, "day-of-month", 1, 31, &[])?,
@@ -107,7 +107,14 @@ impl Schedule {
             dom_restricted: parts[2] != "*",
             dow_restricted: parts[4] != "*",
             zone,
-        })))
+        };
+        // "0 0 30 2 *" is well formed but never fires; accepting it would silently never sweep.
+        if cron.next_after(Timestamp::UNIX_EPOCH) == Timestamp::MAX {
+            return Err(fail(
+                "no date ever matches its day-of-month and month fields",
+            ));
+        }
+        Ok(Schedule::Cron(Box::new(cron)))
     }
 
     /// The first run time strictly after `after`.
@@ -349,6 +356,8 @@ mod tests {
             "@every 0s",
             "@every soon",
             "a b c d e",
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
         ] {
             let err = Schedule::parse(bad, None).unwrap_err();
             assert!(matches!(err, ScheduleParseError::Schedule(_)), "{bad:?}");

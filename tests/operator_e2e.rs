@@ -234,6 +234,30 @@ async fn run_now_annotation_reruns_and_suspend_stops_runs() {
     })
     .await;
     assert_eq!(resumed.total_aborted, 5);
+
+    // Suspended and resumed between runs, with nothing requested: Ready again with the last
+    // run's result, and no sweep that the schedule did not call for (a day-long interval keeps
+    // an hour boundary out of the picture).
+    let last_start = resumed.last_run.as_ref().unwrap().start_time.clone();
+    for (spec, reason) in [
+        (
+            serde_json::json!({"suspend": true, "schedule": "@every 1d"}),
+            "Suspended",
+        ),
+        (serde_json::json!({"suspend": false}), "Succeeded"),
+    ] {
+        patch_spec(&kube.client, &namespace, "hourly", spec).await;
+        wait_for_reason(&kube.client, &namespace, "hourly", reason).await;
+    }
+    let idle = status_of(&kube.client, &namespace, "hourly").await;
+    assert_eq!(condition(&idle, "Ready").map(|c| c.0), Some("True"));
+    assert_eq!(condition(&idle, "Stalled").map(|c| c.0), Some("False"));
+    assert_eq!(
+        idle.last_run.unwrap().start_time,
+        last_start,
+        "it swept again"
+    );
+    assert!(idle.next_run_time.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

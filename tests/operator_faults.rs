@@ -1,6 +1,7 @@
-//! The operator under faults: the S3 server killed in the middle of a large sweep, and the API
-//! server restarted under a running controller. They kill shared servers, so they run one at a
-//! time, in a test binary of their own (cargo runs test binaries one after another).
+//! The operator under faults: the S3 server killed in the middle of a large sweep, the S3 server
+//! hanging under a cancelled sweep, and the API server restarted under a running controller.
+//! They kill or freeze shared servers, so they run one at a time, in a test binary of their own
+//! (cargo runs test binaries one after another).
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use common::cluster::*;
 use common::*;
+use mpu_sweeper::sweep;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -110,6 +112,91 @@ async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
     .await;
     assert_eq!(status.total_aborted as usize + applied_unanswered, TOTAL);
     assert_eq!(remaining_uploads(&s3, &bucket).await, vec![]);
+}
+
+/// Freezes the fault gateway (SIGSTOP) until dropped: its sockets stay open, nothing answers.
+struct FrozenGateway;
+
+impl FrozenGateway {
+    fn freeze() -> Self {
+        signal_fault_gateway("-STOP");
+        Self
+    }
+}
+
+impl Drop for FrozenGateway {
+    fn drop(&mut self) {
+        signal_fault_gateway("-CONT");
+    }
+}
+
+fn signal_fault_gateway(signal: &str) {
+    let status = Command::new("pkill")
+        .args([signal, "-f", "ceph.conf -n client.rgw.fault"])
+        .status()
+        .expect("run pkill");
+    assert!(status.success(), "no fault gateway to signal {signal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_sweep_does_not_wait_on_a_hung_server_past_its_drain_timeout() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(ceph) = ceph() else {
+        return;
+    };
+    let script = std::env::var("MPU_TESTENV_SCRIPT").expect("MPU_TESTENV_SCRIPT");
+    run_script(&script, "fault-start");
+    let fault = Server {
+        endpoint: std::env::var("MPU_TEST_CEPH_FAULT_ENDPOINT")
+            .expect("MPU_TEST_CEPH_FAULT_ENDPOINT"),
+        ..ceph.clone()
+    };
+    let s3 = ceph.client().await;
+    let bucket = create_bucket(&s3, "fault-hang").await;
+    const TOTAL: usize = 1_000;
+    create_uploads(&s3, &bucket, &keys("hang/", TOTAL)).await;
+    tokio::time::sleep(AGE_WAIT).await;
+
+    // Timeouts long enough that only the drain deadline can end the sweep early.
+    let mut settings = fault.settings();
+    settings.limits.attempt_timeout = Duration::from_secs(300);
+    settings.limits.operation_timeout = Duration::from_secs(600);
+    let client = settings.client().await.expect("client");
+    let mut options = sweep::SweepOptions::new(bucket.clone(), MAX_AGE.parse().unwrap());
+    options.concurrency = 4;
+    options.drain_timeout = Duration::from_secs(2);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = {
+        let cancel = cancel.clone();
+        tokio::spawn(
+            async move { sweep::sweep(&client, &options, &sweep::NoProgress, &cancel).await },
+        )
+    };
+    eventually("the sweep to be under way", WAIT, || async {
+        let left = remaining_uploads(&s3, &bucket).await.len();
+        (left < TOTAL - 50).then_some(())
+    })
+    .await;
+
+    let frozen = FrozenGateway::freeze();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel.cancel();
+    // Without the drain deadline the aborts in flight would wait for the 300 s attempt timeout.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the cancelled sweep waited on the hung server")
+        .expect("sweep task");
+    drop(frozen);
+    assert_eq!(outcome.stop, Some(sweep::SweepStop::Cancelled));
+    let s = &outcome.summary;
+    assert!(s.aborted >= 50 && (s.aborted as usize) < TOTAL, "{s:?}");
+    // Aborts left in flight are counted nowhere: the next sweep lists them again if they live.
+    let gone = TOTAL - remaining_uploads(&s3, &bucket).await.len();
+    assert!(
+        gone as u64 >= s.aborted,
+        "counted {} aborted, {gone} gone",
+        s.aborted
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

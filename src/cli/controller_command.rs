@@ -114,7 +114,6 @@ pub async fn run(args: ControllerArgs) -> u8 {
         )
     });
     let stop = shutdown.child_token();
-    let mut holder = None;
     if let Some(elector) = &elector {
         // A standby is healthy and ready: it is doing its job, which is waiting.
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -124,36 +123,41 @@ pub async fn run(args: ControllerArgs) -> u8 {
         }
         ready.store(false, std::sync::atomic::Ordering::Relaxed);
         metrics.set_leader(true);
-        holder = Some(stop.clone());
     }
 
     let config = ControllerConfig {
-        scope: if args.namespaces.is_empty() {
-            Scope::AllNamespaces
-        } else {
-            Scope::Namespaces(args.namespaces.clone())
-        },
+        scope: Scope::from_namespaces(&args.namespaces),
         max_concurrent_sweeps: args.max_concurrent_sweeps,
         identity,
         limits: Limits::default(),
     };
     let controller = controller::run(client, config, metrics.clone(), ready, stop.clone());
-    let lost = async {
-        match (&elector, &holder) {
-            (Some(elector), Some(stop)) => !elector.hold(stop).await,
-            _ => std::future::pending().await,
+    // The lease is renewed until the controller has wound down (aborts in flight finished, status
+    // written), not just until the signal: a standby must not start sweeping while this replica
+    // still works. Only then is it released.
+    let wound_down = CancellationToken::new();
+    let holding = async {
+        match &elector {
+            Some(elector) => elector.hold(&wound_down).await,
+            _ => {
+                wound_down.cancelled().await;
+                true
+            }
         }
     };
-    let mut leadership_lost = false;
-    tokio::pin!(controller);
-    tokio::select! {
-        _ = &mut controller => {}
-        lost = lost => {
-            leadership_lost = lost;
+    tokio::pin!(controller, holding);
+    let leadership_kept = tokio::select! {
+        _ = &mut controller => {
+            wound_down.cancel();
+            holding.await
+        }
+        kept = &mut holding => {
             stop.cancel();
             controller.await;
+            kept
         }
-    }
+    };
+    let leadership_lost = !leadership_kept;
     if let Some(elector) = &elector {
         metrics.set_leader(false);
         if !leadership_lost {

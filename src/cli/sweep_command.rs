@@ -194,8 +194,12 @@ fn usage_error(message: &str) -> u8 {
 
 async fn cancel_on_signal(cancel: CancellationToken) {
     wait_for_stop_signal().await;
-    eprintln!("interrupted: finishing the aborts in flight, then stopping");
+    eprintln!("interrupted: finishing the aborts in flight, then stopping (again to quit now)");
     cancel.cancel();
+    // Aborts in flight against a hung server can take minutes; a second signal does not wait.
+    wait_for_stop_signal().await;
+    eprintln!("interrupted again: quitting without waiting for the aborts in flight");
+    std::process::exit(i32::from(exit::INTERRUPTED));
 }
 
 fn stop_message(outcome: &SweepOutcome, bucket: &str, where_: &str) -> Option<String> {

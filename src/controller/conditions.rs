@@ -7,6 +7,11 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
+/// Ready reasons the controller itself decides on (others come from problems it finds).
+pub const RUNNING: &str = "Running";
+pub const SUCCEEDED: &str = "Succeeded";
+pub const SUSPENDED: &str = "Suspended";
+
 /// The state the three conditions should express.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
@@ -43,7 +48,7 @@ impl Health {
             ready: false,
             reconciling: true,
             stalled: false,
-            reason: "Running".to_owned(),
+            reason: RUNNING.to_owned(),
             message: message.into(),
         }
     }

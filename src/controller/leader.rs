@@ -1,14 +1,18 @@
 //! Leader election on a coordination.k8s.io/v1 Lease, so that two replicas never sweep at once.
 //! Updates use the Lease's resourceVersion: of two replicas racing, one wins and the other gets a
-//! conflict.
+//! conflict. As in client-go, a lease counts as expired when its record has not changed for its
+//! duration on this replica's own monotonic clock, so clock skew between nodes cannot hand it
+//! over early.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub struct LeaderElector {
@@ -16,7 +20,11 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     lease_duration: Duration,
+    /// The last lease record seen (holder, renew time, duration) and when it was first seen.
+    observed: Mutex<Option<(ObservedRecord, Instant)>>,
 }
+
+type ObservedRecord = (Option<String>, Option<MicroTime>, Option<i32>);
 
 impl LeaderElector {
     pub fn new(
@@ -31,6 +39,7 @@ impl LeaderElector {
             name: name.to_owned(),
             identity: identity.to_owned(),
             lease_duration,
+            observed: Mutex::new(None),
         }
     }
 
@@ -65,22 +74,32 @@ impl LeaderElector {
 
     /// Renews the lease until `stop` is cancelled (returns `true`) or the lease is lost (`false`):
     /// another holder took it, or renewals failed for longer than two thirds of its duration.
+    /// The remaining third is the time the caller has to stop working before a standby, which
+    /// waits a whole duration after the last renewal it saw, can take over.
     pub async fn hold(&self, stop: &CancellationToken) -> bool {
         let deadline = self.lease_duration * 2 / 3;
-        let mut last_renewal = tokio::time::Instant::now();
+        // Counted from before each request: the server may have stamped the renewal at any
+        // moment of a slow round trip.
+        let mut last_renewal = Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return true,
                 _ = tokio::time::sleep(self.retry_period()) => {}
             }
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => {
+            let attempt_started = Instant::now();
+            let attempt = tokio::time::timeout(self.retry_period(), self.try_acquire_or_renew());
+            match attempt.await {
+                Ok(Ok(true)) => last_renewal = attempt_started,
+                Ok(Ok(false)) => {
                     tracing::error!(lease = %self.name, "leadership lost to another replica");
                     return false;
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "leader election: renewal failed");
+                failed => {
+                    let error = match failed {
+                        Ok(Err(err)) => err.to_string(),
+                        _ => "the API server did not answer in time".to_owned(),
+                    };
+                    tracing::warn!(%error, "leader election: renewal failed");
                     if last_renewal.elapsed() > deadline {
                         tracing::error!(lease = %self.name, "leadership lost: could not renew in time");
                         return false;
@@ -116,6 +135,24 @@ impl LeaderElector {
         }
     }
 
+    /// Whether the lease record has stayed the same for its whole duration, as seen from here.
+    fn unchanged_for_its_duration(&self, spec: &LeaseSpec) -> bool {
+        let record = (
+            spec.holder_identity.clone(),
+            spec.renew_time.clone(),
+            spec.lease_duration_seconds,
+        );
+        let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        match observed.as_ref() {
+            Some((seen, since)) if *seen == record => since.elapsed() > duration,
+            _ => {
+                *observed = Some((record, Instant::now()));
+                duration.is_zero()
+            }
+        }
+    }
+
     /// One round: take the lease if it is free, expired or already ours.
     async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
@@ -144,12 +181,7 @@ impl LeaderElector {
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(renewed), Some(duration)) => {
-                renewed.0 + SignedDuration::from_secs(i64::from(duration)) < now
-            }
-            _ => true,
-        };
+        let expired = self.unchanged_for_its_duration(spec);
         if !(ours || holder.is_none() || expired) {
             return Ok(false);
         }

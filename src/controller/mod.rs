@@ -28,10 +28,25 @@ use conditions::Health;
 use settings::Problem;
 
 /// Where the controller looks for resources.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     AllNamespaces,
     Namespaces(Vec<String>),
+}
+
+impl Scope {
+    /// No namespace means all of them. A namespace named twice is watched once: two watches of
+    /// one namespace would sweep its resources twice.
+    pub fn from_namespaces(namespaces: &[String]) -> Self {
+        let mut unique: Vec<String> = namespaces.to_vec();
+        unique.sort();
+        unique.dedup();
+        if unique.is_empty() {
+            Self::AllNamespaces
+        } else {
+            Self::Namespaces(unique)
+        }
+    }
 }
 
 pub struct ControllerConfig {
@@ -47,8 +62,11 @@ struct Context {
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    /// Cancelled at shutdown: sweeps stop listing, finish aborts in flight and write status.
-    shutdown: CancellationToken,
+    /// Cancelled at shutdown or when leadership is lost: sweeps stop listing, finish aborts in
+    /// flight and write status.
+    stop: CancellationToken,
+    /// Sweeps running at once, shared by the per-namespace watches.
+    sweep_slots: tokio::sync::Semaphore,
     limits: Limits,
 }
 
@@ -56,18 +74,16 @@ struct Context {
 pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the resource has no namespace")]
-    NoNamespace,
 }
 
-/// Runs until `shutdown` is cancelled, then lets running sweeps wind down and returns.
+/// Runs until `stop` is cancelled, then lets running sweeps wind down and returns.
 /// `ready` turns true once every watch has listed its resources.
 pub async fn run(
     client: Client,
     config: ControllerConfig,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let context = Arc::new(Context {
         recorder: Recorder::new(
@@ -79,7 +95,8 @@ pub async fn run(
         ),
         client: client.clone(),
         metrics,
-        shutdown: shutdown.clone(),
+        stop: stop.clone(),
+        sweep_slots: tokio::sync::Semaphore::new(usize::from(config.max_concurrent_sweeps.max(1))),
         limits: config.limits.clone(),
     });
     let apis: Vec<Api<MultipartCleanup>> = match &config.scope {
@@ -89,14 +106,12 @@ pub async fn run(
             .map(|ns| Api::namespaced(client.clone(), ns))
             .collect(),
     };
-    // One controller per namespace; each gets an equal share of the sweep slots.
-    let per_controller = (usize::from(config.max_concurrent_sweeps) / apis.len()).max(1) as u16;
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for api in apis {
         let controller = Controller::new(api, watcher::Config::default())
-            .with_config(controller::Config::default().concurrency(per_controller))
-            .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+            .with_config(controller::Config::default().concurrency(config.max_concurrent_sweeps))
+            .graceful_shutdown_on(stop.clone().cancelled_owned());
         stores.push(controller.store());
         let run = controller
             .run(reconcile, error_policy, context.clone())
@@ -135,7 +150,8 @@ fn backoff(failures: i32) -> SignedDuration {
 }
 
 async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = cached.namespace().ok_or(Error::NoNamespace)?;
+    // The CRD is namespaced: every object the API server hands out has one.
+    let namespace = cached.namespace().unwrap_or_default();
     let api: Api<MultipartCleanup> = Api::namespaced(ctx.client.clone(), &namespace);
     // The watch cache can lag behind this controller's own last status write; deciding from it
     // could sweep twice or write an older status over a newer one. One GET avoids both.
@@ -167,7 +183,7 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     if mpc.spec.suspend {
         status.next_run_time = None;
         let health = Health::not_ready(
-            "Suspended",
+            conditions::SUSPENDED,
             "suspended: no sweeps run until spec.suspend is false",
             false,
         );
@@ -178,19 +194,26 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
 
     let run_request = mpc.annotations().get(RUN_REQUESTED_ANNOTATION).cloned();
     let requested = run_request.is_some() && run_request != old.last_handled_run_request;
+    // Still "Running" in a fresh read: the run was cut off (the process died) and is redone.
+    let interrupted = conditions::ready_reason(&old.conditions) == Some(conditions::RUNNING);
     let due = next_due(
         &plan.schedule,
         &old,
         old.observed_generation != generation,
         now,
     );
-    if !requested && due > now {
+    if !requested && !interrupted && due > now {
         status.next_run_time = Some(Time(due));
+        if let Some(health) = health_while_waiting(&old) {
+            set_health(&mut status, &health, generation, now);
+        }
         write_status(&api, &mpc, &old, &status, &ctx).await?;
         return Ok(requeue_at(due, now));
     }
 
-    // Run now. Say so first, so that a long sweep shows as Reconciling.
+    // Run now, once a sweep slot is free. Say so first, so that a long sweep shows as
+    // Reconciling.
+    let _slot = ctx.sweep_slots.acquire().await;
     status.last_handled_run_request = run_request;
     let running = Health::running(format!("sweeping bucket {}", mpc.spec.bucket));
     set_health(&mut status, &running, generation, now);
@@ -226,7 +249,7 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
         Err(err) => {
             // validate() already passed, so this is unexpected; treat it as a spec problem.
             let problem = Problem {
-                reason: "InvalidSpec",
+                reason: settings::INVALID_SPEC,
                 message: err.to_string(),
                 stalled: true,
             };
@@ -243,7 +266,7 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     };
 
     tracing::info!(namespace, name = %mpc.name_any(), bucket = %mpc.spec.bucket, "sweep starting");
-    let outcome = sweep::sweep(&client, &plan.options, &NoProgress, &ctx.shutdown).await;
+    let outcome = sweep::sweep(&client, &plan.options, &NoProgress, &ctx.stop).await;
     let verdict = judge(&outcome);
     let summary = &outcome.summary;
     tracing::info!(
@@ -270,7 +293,8 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     };
     status.next_run_time = Some(Time(next));
     set_health(&mut status, &verdict.health, generation, completed);
-    write_status(&api, &mpc, &before_run, &status, &ctx).await?;
+    // Losing this write would lose the run's counts and sweep the bucket again: try harder.
+    write_final_status(&api, &mpc, &before_run, &status, &ctx).await?;
     publish(
         &ctx,
         &mpc,
@@ -302,6 +326,20 @@ fn next_due(
     }
 }
 
+/// The health to show between runs when the conditions describe something other than the last
+/// run: a suspension just lifted or an invalid spec just fixed, on a resource whose last run
+/// succeeded. (After a failed run any spec change makes it due, so the run itself says.)
+fn health_while_waiting(status: &MultipartCleanupStatus) -> Option<Health> {
+    let reason = conditions::ready_reason(&status.conditions)?;
+    if !matches!(reason, conditions::SUSPENDED | settings::INVALID_SPEC)
+        || status.consecutive_failures > 0
+    {
+        return None;
+    }
+    let run = status.last_run.as_ref()?;
+    Some(Health::ready(conditions::SUCCEEDED, counts_text(run)))
+}
+
 fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
     let wait = at
         .duration_since(now)
@@ -319,26 +357,30 @@ struct Verdict {
     error: Option<String>,
 }
 
+/// What a run did, in the words of the Ready condition and the Event.
+fn counts_text(run: &RunSummary) -> String {
+    if run.dry_run {
+        return format!(
+            "dry run: {} of {} uploads are stale and would be aborted",
+            run.stale, run.found
+        );
+    }
+    let mut text = format!("aborted {} of {} stale uploads", run.aborted, run.stale);
+    if run.already_gone > 0 {
+        text.push_str(&format!(" ({} already gone)", run.already_gone));
+    }
+    if let Some(bytes) = run.bytes_freed {
+        text.push_str(&format!(", {bytes} bytes freed"));
+    }
+    text
+}
+
 fn judge(outcome: &SweepOutcome) -> Verdict {
     let s = &outcome.summary;
-    let counts = if s.dry_run {
-        format!(
-            "dry run: {} of {} uploads are stale and would be aborted",
-            s.stale, s.found
-        )
-    } else {
-        let mut text = format!("aborted {} of {} stale uploads", s.aborted, s.stale);
-        if s.already_gone > 0 {
-            text.push_str(&format!(" ({} already gone)", s.already_gone));
-        }
-        if let Some(bytes) = s.bytes_freed {
-            text.push_str(&format!(", {bytes} bytes freed"));
-        }
-        text
-    };
+    let counts = counts_text(&run_summary(outcome, None));
     match &outcome.stop {
         None if s.failed == 0 => Verdict {
-            health: Health::ready("Succeeded", counts),
+            health: Health::ready(conditions::SUCCEEDED, counts),
             success: true,
             result: "succeeded",
             event_type: EventType::Normal,
@@ -468,6 +510,31 @@ async fn write_status(
     Ok(())
 }
 
+/// [`write_status`] for the write that ends a run, retried through a short API-server outage.
+async fn write_final_status(
+    api: &Api<MultipartCleanup>,
+    mpc: &MultipartCleanup,
+    previous: &MultipartCleanupStatus,
+    status: &MultipartCleanupStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match write_status(api, mpc, previous, status, ctx).await {
+            Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => {
+                // Deleted while it ran: nothing left to write to.
+                return Ok(());
+            }
+            Err(err) if delay <= Duration::from_secs(16) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "could not write the run's status");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// A Warning Event for a problem, unless the resource already reports the same one.
 async fn warn_if_new(
     ctx: &Context,
@@ -488,6 +555,21 @@ async fn warn_if_new(
     .await;
 }
 
+/// The API server rejects an Event whose note is longer than 1 kB.
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
+
+/// The longest prefix of `text` that fits in `max` bytes without splitting a character.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 async fn publish(
     ctx: &Context,
     mpc: &MultipartCleanup,
@@ -498,7 +580,7 @@ async fn publish(
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(message.chars().take(1000).collect()),
+        note: Some(truncate_utf8(message, EVENT_NOTE_MAX_BYTES).to_owned()),
         action: "Sweep".to_owned(),
         secondary: None,
     };
@@ -557,6 +639,77 @@ mod tests {
         );
     }
 
+    fn finished_run(aborted: i64) -> RunSummary {
+        let start: Timestamp = "2026-11-22T05:00:10Z".parse().unwrap();
+        RunSummary {
+            start_time: Time(start),
+            completion_time: Time(start),
+            found: aborted,
+            stale: aborted,
+            aborted,
+            already_gone: 0,
+            skipped: 0,
+            failed: 0,
+            bytes_freed: None,
+            dry_run: false,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn waiting_after_suspension_or_a_fixed_spec_shows_the_last_run_again() {
+        let now = Timestamp::now();
+        let mut status = MultipartCleanupStatus {
+            last_run: Some(finished_run(7)),
+            ..Default::default()
+        };
+        let mut show = |health: Health| {
+            set_health(&mut status, &health, Some(2), now);
+            health_while_waiting(&status)
+        };
+        let suspended = Health::not_ready(conditions::SUSPENDED, "suspended", false);
+        let restored = show(suspended).expect("health after resuming");
+        assert!(restored.ready && !restored.stalled);
+        assert_eq!(
+            (restored.reason.as_str(), restored.message.as_str()),
+            (conditions::SUCCEEDED, "aborted 7 of 7 stale uploads")
+        );
+        let invalid = Health::not_ready(settings::INVALID_SPEC, "bad maxAge", true);
+        assert!(show(invalid).is_some_and(|h| h.ready));
+        // Conditions that describe the last run stay as they are.
+        assert_eq!(show(Health::ready(conditions::SUCCEEDED, "x")), None);
+        assert_eq!(show(Health::not_ready("AbortsFailed", "x", false)), None);
+
+        // After a failed run the next run itself decides the health.
+        status.consecutive_failures = 1;
+        set_health(
+            &mut status,
+            &Health::not_ready(conditions::SUSPENDED, "suspended", false),
+            Some(2),
+            now,
+        );
+        assert_eq!(health_while_waiting(&status), None);
+    }
+
+    #[test]
+    fn event_notes_are_cut_to_one_kilobyte_on_a_character_boundary() {
+        assert_eq!(truncate_utf8("short", EVENT_NOTE_MAX_BYTES), "short");
+        let long = "é".repeat(600); // 1,200 bytes
+        let cut = truncate_utf8(&long, EVENT_NOTE_MAX_BYTES);
+        assert_eq!(cut.len(), 1024);
+        assert_eq!(truncate_utf8(&long, 1023).len(), 1022);
+    }
+
+    #[test]
+    fn a_namespace_named_twice_is_watched_once() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(Scope::from_namespaces(&[]), Scope::AllNamespaces);
+        assert_eq!(
+            Scope::from_namespaces(&names(&["b", "a", "b"])),
+            Scope::Namespaces(names(&["a", "b"]))
+        );
+    }
+
     #[test]
     fn due_times_follow_schedule_then_backoff() {
         let schedule = Schedule::parse("@hourly", None).unwrap();
@@ -568,20 +721,7 @@ mod tests {
             "never ran: due now"
         );
 
-        let start: Timestamp = "2026-11-22T05:00:10Z".parse().unwrap();
-        status.last_run = Some(RunSummary {
-            start_time: Time(start),
-            completion_time: Time(start),
-            found: 0,
-            stale: 0,
-            aborted: 0,
-            already_gone: 0,
-            skipped: 0,
-            failed: 0,
-            bytes_freed: None,
-            dry_run: false,
-            error: None,
-        });
+        status.last_run = Some(finished_run(0));
         let next: Timestamp = "2026-11-22T06:00:00Z".parse().unwrap();
         assert_eq!(
             next_due(&schedule, &status, true, now),

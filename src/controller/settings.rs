@@ -13,6 +13,9 @@ pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
 
+/// The Ready reason of a spec that cannot work as written.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
 /// Why a resource cannot run, with the condition reason it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -41,7 +44,7 @@ pub struct Plan {
 
 /// Checks the spec; nothing here touches the network.
 pub fn plan(spec: &MultipartCleanupSpec) -> Result<Plan, Problem> {
-    let invalid = |message: String| Problem::stalled("InvalidSpec", message);
+    let invalid = |message: String| Problem::stalled(INVALID_SPEC, message);
     let max_age: MaxAge = spec
         .max_age
         .parse()
@@ -137,7 +140,7 @@ pub async fn s3_settings(
         let reason = match e {
             crate::sweep::SettingsError::CaBundle(_) => "CABundleInvalid",
             crate::sweep::SettingsError::Credentials(_) => "SecretInvalid",
-            _ => "InvalidSpec",
+            _ => INVALID_SPEC,
         };
         Problem::stalled(reason, e.to_string())
     })?;

@@ -30,6 +30,8 @@ pub use listing::ListedUpload;
 pub const DEFAULT_PAGE_SIZE: i32 = 1000;
 pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const MAX_CONCURRENCY: usize = 256;
+/// Fits, with the status write and the Lease release, in the chart's 150 s termination grace.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Failures kept as examples in the summary; the rest are only counted.
 pub const MAX_FAILURE_EXAMPLES: usize = 20;
 
@@ -46,6 +48,9 @@ pub struct SweepOptions {
     pub dry_run: bool,
     pub verify: bool,
     pub measure_bytes: bool,
+    /// After a cancel, how long the aborts in flight may take to finish before they are left
+    /// undone (an abort with measurement and verification chains several S3 operations).
+    pub drain_timeout: Duration,
 }
 
 impl SweepOptions {
@@ -59,6 +64,7 @@ impl SweepOptions {
             dry_run: false,
             verify: true,
             measure_bytes: false,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 
@@ -251,6 +257,7 @@ async fn run_sweep(
         FuturesUnordered::new();
     let mut listing_done = false;
     let mut stop = None;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
         while in_flight.len() < options.concurrency {
             let Some(upload) = pending.pop_front() else {
@@ -304,11 +311,22 @@ async fn run_sweep(
                 }
                 observer.upload_handled(&upload, &outcome, &summary);
             }
-            _ = cancel.cancelled(), if !listing_done || !pending.is_empty() => {
-                // Stop listing and launching; the aborts already in flight still finish.
+            _ = cancel.cancelled(), if drain_deadline.is_none() => {
+                // Stop listing and launching; the aborts already in flight may still finish. A
+                // listing that failed before stays the reason the sweep stopped.
+                drain_deadline = Some(tokio::time::Instant::now() + options.drain_timeout);
+                if !listing_done || !pending.is_empty() {
+                    stop.get_or_insert(SweepStop::Cancelled);
+                }
                 listing_done = true;
                 pending.clear();
-                stop = Some(SweepStop::Cancelled);
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if drain_deadline.is_some() => {
+                // Their outcome is unknown: the next sweep lists them again if they survived.
+                tracing::warn!(left = in_flight.len(), "aborts in flight did not finish in time after the cancel; leaving them");
+                stop.get_or_insert(SweepStop::Cancelled);
+                break;
             }
         }
     }

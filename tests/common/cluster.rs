@@ -387,12 +387,8 @@ pub const WAIT: Duration = Duration::from_secs(120);
 
 /// Both beds, and the Ceph server the operator tests sweep.
 pub async fn kube_and_ceph() -> Option<(KubeBed, Server)> {
-    let servers = super::bed()?;
+    let ceph = super::ceph()?;
     let kube = kube_bed().await?;
-    let ceph = servers
-        .into_iter()
-        .find(|s| s.kind == super::ServerKind::Ceph)
-        .unwrap();
     Some((kube, ceph))
 }
 

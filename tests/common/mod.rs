@@ -72,10 +72,15 @@ pub fn bed() -> Option<Vec<Server>> {
     ])
 }
 
+/// The bed's main Ceph gateway.
+pub fn ceph() -> Option<Server> {
+    let servers = bed()?;
+    servers.into_iter().find(|s| s.kind == ServerKind::Ceph)
+}
+
 /// The Ceph gateway whose clock tests can move (libfaketime), and its clock file.
 pub fn aged_ceph() -> Option<(Server, String)> {
-    let servers = bed()?;
-    let ceph = servers.into_iter().find(|s| s.kind == ServerKind::Ceph)?;
+    let ceph = ceph()?;
     Some((
         Server {
             endpoint: var("MPU_TEST_CEPH_AGED_ENDPOINT").expect("MPU_TEST_CEPH_AGED_ENDPOINT"),
