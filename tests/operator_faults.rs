@@ -14,13 +14,16 @@ use mpu_sweeper::sweep;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn run_script(script: &str, command: &str) {
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(command)
+fn run_ok(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
         .status()
-        .expect("run bed script");
-    assert!(status.success(), "{script} {command} failed");
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(status.success(), "{program} {args:?} failed");
+}
+
+fn run_script(script: &str, command: &str) {
+    run_ok("bash", &[script, command]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -131,11 +134,7 @@ impl Drop for FrozenGateway {
 }
 
 fn signal_fault_gateway(signal: &str) {
-    let status = Command::new("pkill")
-        .args([signal, "-f", "ceph.conf -n client.rgw.fault"])
-        .status()
-        .expect("run pkill");
-    assert!(status.success(), "no fault gateway to signal {signal}");
+    run_ok("pkill", &[signal, "-f", "ceph.conf -n client.rgw.fault"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

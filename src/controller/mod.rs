@@ -294,7 +294,7 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     status.next_run_time = Some(Time(next));
     set_health(&mut status, &verdict.health, generation, completed);
     // Losing this write would lose the run's counts and sweep the bucket again: try harder.
-    write_final_status(&api, &mpc, &before_run, &status, &ctx).await?;
+    retried(|| write_status(&api, &mpc, &before_run, &status, &ctx)).await?;
     publish(
         &ctx,
         &mpc,
@@ -510,23 +510,19 @@ async fn write_status(
     Ok(())
 }
 
-/// [`write_status`] for the write that ends a run, retried through a short API-server outage.
-async fn write_final_status(
-    api: &Api<MultipartCleanup>,
-    mpc: &MultipartCleanup,
-    previous: &MultipartCleanupStatus,
-    status: &MultipartCleanupStatus,
-    ctx: &Context,
-) -> Result<(), Error> {
+/// Runs a status write again through a short API-server outage (about half a minute); a
+/// resource deleted meanwhile has nothing left to write to.
+async fn retried<F, Fut>(mut write: F) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
     let mut delay = Duration::from_secs(1);
     loop {
-        match write_status(api, mpc, previous, status, ctx).await {
-            Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => {
-                // Deleted while it ran: nothing left to write to.
-                return Ok(());
-            }
+        match write().await {
+            Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => return Ok(()),
             Err(err) if delay <= Duration::from_secs(16) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "could not write the run's status");
+                tracing::warn!(error = %err, retry_in = ?delay, "could not write status; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
