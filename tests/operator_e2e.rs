@@ -261,6 +261,36 @@ async fn run_now_annotation_reruns_and_suspend_stops_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suspending_a_running_sweep_stops_it() {
+    let Some((kube, ceph)) = kube_and_ceph().await else {
+        return;
+    };
+    const TOTAL: usize = 3_000;
+    let run = sweep_under_way(&kube, &ceph, &ceph, "runaway", TOTAL).await;
+    patch_spec(
+        &kube.client,
+        &run.namespace,
+        "runaway",
+        serde_json::json!({"suspend": true}),
+    )
+    .await;
+    let suspended = wait_for_reason(&kube.client, &run.namespace, "runaway", "Suspended").await;
+    let last = suspended.last_run.expect("the stopped run in status");
+    let error = last.error.unwrap_or_default();
+    assert!(
+        error.contains("interrupted by a change to the resource"),
+        "{error}"
+    );
+    let left = remaining_uploads(&run.s3, &run.bucket).await.len();
+    assert!(left > 0, "the sweep ran to the end");
+    assert_eq!(
+        TOTAL - left,
+        last.aborted as usize,
+        "status counts what is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dry_run_resource_counts_and_aborts_nothing() {
     let Some((kube, ceph)) = kube_and_ceph().await else {
         return;

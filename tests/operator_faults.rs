@@ -40,30 +40,13 @@ async fn s3_server_killed_mid_sweep_is_reported_and_the_next_run_finishes() {
     };
     run_script(&script, "fault-start");
 
-    let s3 = ceph.client().await;
-    let bucket = create_bucket(&s3, "fault-s3").await;
     const TOTAL: usize = 3_000;
-    create_uploads(&s3, &bucket, &keys("big/", TOTAL)).await;
-    tokio::time::sleep(AGE_WAIT).await;
-
-    let namespace = namespace_with_credentials(&kube.client, "fault-s3", &ceph).await;
-    let controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
-    // One abort at a time so that the sweep is still running when the server dies.
-    create_cleanup(
-        &kube.client,
-        &namespace,
-        "big",
-        &fault,
-        &bucket,
-        serde_json::json!({"concurrency": 1}),
-    )
-    .await;
-
-    eventually("the sweep to be under way", WAIT, || async {
-        let left = remaining_uploads(&s3, &bucket).await.len();
-        (left < TOTAL - 100).then_some(())
-    })
-    .await;
+    let SweepUnderWay {
+        s3,
+        bucket,
+        namespace,
+        controller,
+    } = sweep_under_way(&kube, &ceph, &fault, "big", TOTAL).await;
     run_script(&script, "fault-stop");
 
     let status = eventually("the interrupted run in status", WAIT, || async {

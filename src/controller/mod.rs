@@ -266,8 +266,23 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     };
 
     tracing::info!(namespace, name = %mpc.name_any(), bucket = %mpc.spec.bucket, "sweep starting");
-    let outcome = sweep::sweep(&client, &plan.options, &NoProgress, &ctx.stop).await;
-    let verdict = judge(&outcome);
+    // A sweep stops early at shutdown, and also when its resource is deleted or its spec changes
+    // (suspend, dryRun, bucket...): the run a user is trying to stop must not go on to the end.
+    let run_cancel = ctx.stop.child_token();
+    let watch = tokio::spawn(cancel_on_change(
+        api.clone(),
+        mpc.name_any(),
+        generation,
+        run_cancel.clone(),
+    ));
+    let outcome = sweep::sweep(&client, &plan.options, &NoProgress, &run_cancel).await;
+    watch.abort();
+    let interrupted_by = if ctx.stop.is_cancelled() {
+        "controller shutdown"
+    } else {
+        "a change to the resource (deleted, or its spec edited)"
+    };
+    let verdict = judge(&outcome, interrupted_by);
     let summary = &outcome.summary;
     tracing::info!(
         namespace, name = %mpc.name_any(), found = summary.found, stale = summary.stale,
@@ -304,6 +319,35 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     )
     .await;
     Ok(requeue_at(next, completed))
+}
+
+/// How often a running sweep checks that its resource still exists with the same spec.
+const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Cancels `cancel` once the resource is gone or its generation moves on.
+async fn cancel_on_change(
+    api: Api<MultipartCleanup>,
+    name: String,
+    generation: Option<i64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::time::sleep(CHANGE_CHECK_INTERVAL).await;
+        // A failed read (API server away) proves nothing; the next check decides.
+        let changed = match api.get_opt(&name).await {
+            Ok(None) => true,
+            Ok(Some(current)) => current.metadata.generation != generation,
+            Err(_) => false,
+        };
+        if changed {
+            tracing::info!(
+                name,
+                "resource deleted or changed during its sweep; stopping it"
+            );
+            cancel.cancel();
+            return;
+        }
+    }
 }
 
 /// When the next sweep is due, from the status as it was before this reconcile.
@@ -375,7 +419,8 @@ fn counts_text(run: &RunSummary) -> String {
     text
 }
 
-fn judge(outcome: &SweepOutcome) -> Verdict {
+/// `interrupted_by` names what cancelled the sweep, if it was cancelled.
+fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
     let s = &outcome.summary;
     let counts = counts_text(&run_summary(outcome, None));
     match &outcome.stop {
@@ -400,9 +445,8 @@ fn judge(outcome: &SweepOutcome) -> Verdict {
             }
         }
         Some(SweepStop::Cancelled) => {
-            let message = format!(
-                "interrupted by controller shutdown after {counts}; the next run continues"
-            );
+            let message =
+                format!("interrupted by {interrupted_by} after {counts}; the next run continues");
             Verdict {
                 health: Health::not_ready("Interrupted", message.clone(), false),
                 success: false,
@@ -604,11 +648,11 @@ mod tests {
 
     #[test]
     fn verdicts_name_the_cause() {
-        let ok = judge(&outcome(None, 0));
+        let ok = judge(&outcome(None, 0), "controller shutdown");
         assert!(ok.success && ok.health.ready);
         assert_eq!(ok.health.message, "aborted 120 of 120 stale uploads");
 
-        let partial = judge(&outcome(None, 10));
+        let partial = judge(&outcome(None, 10), "controller shutdown");
         assert!(!partial.success && !partial.health.ready && !partial.health.stalled);
         assert_eq!(partial.health.reason, "AbortsFailed");
 
@@ -617,12 +661,18 @@ mod tests {
             Some("SignatureDoesNotMatch".into()),
             "rejected",
         );
-        let stalled = judge(&outcome(Some(SweepStop::ListingFailed(denied)), 0));
+        let stalled = judge(
+            &outcome(Some(SweepStop::ListingFailed(denied)), 0),
+            "controller shutdown",
+        );
         assert!(stalled.health.stalled);
         assert_eq!(stalled.health.reason, "CredentialsRejected");
 
         let down = S3Error::new(S3ErrorKind::Unreachable, None, "connection refused");
-        let retry = judge(&outcome(Some(SweepStop::ListingFailed(down)), 0));
+        let retry = judge(
+            &outcome(Some(SweepStop::ListingFailed(down)), 0),
+            "controller shutdown",
+        );
         assert!(!retry.health.stalled);
         assert_eq!(retry.health.reason, "EndpointUnreachable");
         assert!(
@@ -632,6 +682,20 @@ mod tests {
                 .contains("stopped after listing 130 uploads"),
             "{}",
             retry.health.message
+        );
+
+        let stopped = judge(
+            &outcome(Some(SweepStop::Cancelled), 0),
+            "a change to the resource",
+        );
+        assert_eq!(stopped.health.reason, "Interrupted");
+        assert!(
+            stopped
+                .health
+                .message
+                .starts_with("interrupted by a change to the resource after aborted 120 of"),
+            "{}",
+            stopped.health.message
         );
     }
 

@@ -440,3 +440,47 @@ pub async fn annotate(client: &Client, namespace: &str, name: &str, token: &str)
         .await
         .expect("annotate");
 }
+
+/// A resource named `name` sweeping `total` stale uploads one abort at a time through
+/// `through`, returned while its sweep is under way: some uploads aborted, most still there.
+pub struct SweepUnderWay {
+    pub s3: aws_sdk_s3::Client,
+    pub bucket: String,
+    pub namespace: String,
+    pub controller: ControllerProcess,
+}
+
+pub async fn sweep_under_way(
+    kube: &KubeBed,
+    ceph: &Server,
+    through: &Server,
+    name: &str,
+    total: usize,
+) -> SweepUnderWay {
+    let s3 = ceph.client().await;
+    let bucket = super::create_bucket(&s3, name).await;
+    super::create_uploads(&s3, &bucket, &super::keys("many/", total)).await;
+    tokio::time::sleep(super::AGE_WAIT).await;
+    let namespace = namespace_with_credentials(&kube.client, name, ceph).await;
+    let controller = ControllerProcess::start(kube, &["--namespace", &namespace]);
+    create_cleanup(
+        &kube.client,
+        &namespace,
+        name,
+        through,
+        &bucket,
+        serde_json::json!({"concurrency": 1}),
+    )
+    .await;
+    eventually("the sweep to be under way", WAIT, || async {
+        let left = super::remaining_uploads(&s3, &bucket).await.len();
+        (left < total - 100).then_some(())
+    })
+    .await;
+    SweepUnderWay {
+        s3,
+        bucket,
+        namespace,
+        controller,
+    }
+}
