@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,8 @@ struct Context {
     /// Sweeps running at once, shared by the per-namespace watches.
     sweep_slots: tokio::sync::Semaphore,
     limits: Limits,
+    /// The watches' caches (one per watched namespace, or one for all).
+    stores: Vec<Store<MultipartCleanup>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,24 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
+    let apis: Vec<Api<MultipartCleanup>> = match &config.scope {
+        Scope::AllNamespaces => vec![Api::all(client.clone())],
+        Scope::Namespaces(namespaces) => namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect(),
+    };
+    let controllers: Vec<_> = apis
+        .into_iter()
+        .map(|api| {
+            Controller::new(api, watcher::Config::default())
+                .with_config(
+                    controller::Config::default().concurrency(config.max_concurrent_sweeps),
+                )
+                .graceful_shutdown_on(stop.clone().cancelled_owned())
+        })
+        .collect();
+    let stores: Vec<Store<MultipartCleanup>> = controllers.iter().map(|c| c.store()).collect();
     let context = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -98,30 +119,17 @@ pub async fn run(
         stop: stop.clone(),
         sweep_slots: tokio::sync::Semaphore::new(usize::from(config.max_concurrent_sweeps.max(1))),
         limits: config.limits.clone(),
+        stores: stores.clone(),
     });
-    let apis: Vec<Api<MultipartCleanup>> = match &config.scope {
-        Scope::AllNamespaces => vec![Api::all(client.clone())],
-        Scope::Namespaces(namespaces) => namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect(),
-    };
-    let mut stores = Vec::new();
-    let mut runs = Vec::new();
-    for api in apis {
-        let controller = Controller::new(api, watcher::Config::default())
-            .with_config(controller::Config::default().concurrency(config.max_concurrent_sweeps))
-            .graceful_shutdown_on(stop.clone().cancelled_owned());
-        stores.push(controller.store());
-        let run = controller
+    let runs = controllers.into_iter().map(|controller| {
+        controller
             .run(reconcile, error_policy, context.clone())
             .for_each(|result| async move {
                 if let Err(err) = result {
                     tracing::debug!(error = %err, "reconcile loop");
                 }
-            });
-        runs.push(run);
-    }
+            })
+    });
     let readiness = async move {
         for store in stores {
             if store.wait_until_ready().await.is_err() {
@@ -270,8 +278,8 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     // (suspend, dryRun, bucket...): the run a user is trying to stop must not go on to the end.
     let run_cancel = ctx.stop.child_token();
     let watch = tokio::spawn(cancel_on_change(
-        api.clone(),
-        mpc.name_any(),
+        ctx.stores.clone(),
+        ObjectRef::from_obj(&mpc),
         generation,
         run_cancel.clone(),
     ));
@@ -321,29 +329,25 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     Ok(requeue_at(next, completed))
 }
 
-/// How often a running sweep checks that its resource still exists with the same spec.
-const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a running sweep looks at its resource in the watch cache.
+const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Cancels `cancel` once the resource is gone or its generation moves on.
+/// Cancels `cancel` once the watch cache no longer holds the resource or holds a newer
+/// generation of it (a spec edit). The cache, not the API server, is asked: the watch already brings every
+/// change, so the check costs no request.
 async fn cancel_on_change(
-    api: Api<MultipartCleanup>,
-    name: String,
+    stores: Vec<Store<MultipartCleanup>>,
+    resource: ObjectRef<MultipartCleanup>,
     generation: Option<i64>,
     cancel: CancellationToken,
 ) {
     loop {
         tokio::time::sleep(CHANGE_CHECK_INTERVAL).await;
-        // A failed read (API server away) proves nothing; the next check decides.
-        let changed = match api.get_opt(&name).await {
-            Ok(None) => true,
-            Ok(Some(current)) => current.metadata.generation != generation,
-            Err(_) => false,
-        };
-        if changed {
-            tracing::info!(
-                name,
-                "resource deleted or changed during its sweep; stopping it"
-            );
+        let current = stores.iter().find_map(|store| store.get(&resource));
+        // Newer, not merely different: the cache may still hold the generation before the one
+        // this run read from the API server.
+        if current.is_none_or(|current| current.metadata.generation > generation) {
+            tracing::info!(resource = %resource, "resource deleted or changed during its sweep; stopping it");
             cancel.cancel();
             return;
         }

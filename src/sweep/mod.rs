@@ -321,8 +321,12 @@ async fn run_sweep(
                 listing_done = true;
                 pending.clear();
             }
-            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)),
-                if drain_deadline.is_some() => {
+            // An async block, so that no timer is made on the iterations before a cancel.
+            _ = async {
+                if let Some(deadline) = drain_deadline {
+                    tokio::time::sleep_until(deadline).await;
+                }
+            }, if drain_deadline.is_some() => {
                 // Their outcome is unknown: the next sweep lists them again if they survived.
                 tracing::warn!(left = in_flight.len(), "aborts in flight did not finish in time after the cancel; leaving them");
                 stop.get_or_insert(SweepStop::Cancelled);
