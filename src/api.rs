@@ -91,6 +91,12 @@ pub struct MultipartCleanupSpec {
     /// Sum part sizes before aborting and report bytesFreed.
     #[serde(default)]
     pub measure_bytes: bool,
+
+    /// A run's time limit, in the maxAge syntax: when it passes, listing stops, the aborts in
+    /// flight finish and the run is reported as DeadlineExceeded; the next run continues.
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    pub timeout: String,
 }
 
 fn default_region() -> String {
@@ -99,6 +105,12 @@ fn default_region() -> String {
 
 fn default_schedule() -> String {
     DEFAULT_SCHEDULE.to_owned()
+}
+
+pub const DEFAULT_TIMEOUT: &str = "1h";
+
+fn default_timeout() -> String {
+    DEFAULT_TIMEOUT.to_owned()
 }
 
 fn default_concurrency() -> i32 {
@@ -174,12 +186,18 @@ pub struct RunSummary {
     pub already_gone: i64,
     pub skipped: i64,
     pub failed: i64,
+    /// Answers asking for a slower pace (503, SlowDown); those requests were retried.
+    #[serde(default)]
+    pub throttled: i64,
     #[serde(default)]
     pub bytes_freed: Option<i64>,
     pub dry_run: bool,
     /// Why the run stopped before finishing, when it did.
     #[serde(default)]
     pub error: Option<String>,
+    /// What the run could not take at face value (a server clock it did not trust...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The CRD as YAML, exactly as `crds/multipartcleanup.yaml` holds it.
@@ -217,6 +235,7 @@ mod tests {
         assert_eq!(spec.region, "us-east-1");
         assert_eq!(spec.schedule, "@hourly");
         assert_eq!(spec.concurrency, 16);
+        assert_eq!(spec.timeout, "1h");
         assert_eq!(spec.addressing_style, AddressingStyle::Virtual);
         assert!(!spec.dry_run && !spec.suspend && !spec.measure_bytes);
     }

@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod schedule;
 pub mod sweep;
 pub mod telemetry;
+pub mod text;

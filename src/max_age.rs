@@ -1,5 +1,6 @@
-//! The age syntax shared by `sweep --max-age` and the resource's `spec.maxAge`:
-//! one or more `<number><unit>` terms, units `s`, `m`, `h`, `d`, `w` (`1d12h`, `90m`, `2w`).
+//! The duration syntax shared by `sweep --max-age`/`--timeout` and the resource's `spec.maxAge`,
+//! `spec.timeout` and `@every` schedules: one or more `<number><unit>` terms, units `s`, `m`, `h`,
+//! `d`, `w` (`1d12h`, `90m`, `2w`).
 
 use std::fmt;
 use std::time::Duration;
@@ -13,7 +14,7 @@ pub const ACCEPTED: &str = "a positive duration made of <number><unit> terms wit
 pub struct MaxAge(Duration);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid max age {input:?}: {reason}; expected {ACCEPTED}")]
+#[error("invalid duration {input:?}: {reason}; expected {ACCEPTED}")]
 pub struct MaxAgeError {
     input: String,
     reason: &'static str,
@@ -31,6 +32,11 @@ impl MaxAge {
     pub fn as_secs(self) -> u64 {
         self.0.as_secs()
     }
+}
+
+/// A positive duration in the same syntax (`--timeout`, `spec.timeout`).
+pub fn parse_duration(text: &str) -> Result<Duration, MaxAgeError> {
+    text.parse::<MaxAge>().map(MaxAge::as_duration)
 }
 
 impl std::str::FromStr for MaxAge {

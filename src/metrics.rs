@@ -23,6 +23,7 @@ pub struct Metrics {
     uploads_aborted: IntCounterVec,
     uploads_already_gone: IntCounterVec,
     uploads_failed: IntCounterVec,
+    throttled: IntCounterVec,
     bytes_freed: IntCounterVec,
     run_duration: HistogramVec,
     last_run: GaugeVec,
@@ -84,6 +85,11 @@ impl Metrics {
             uploads_failed: counter(
                 "mpu_sweeper_uploads_failed_total",
                 "Uploads whose abort failed.",
+                &RESOURCE,
+            ),
+            throttled: counter(
+                "mpu_sweeper_throttled_total",
+                "Answers asking for a slower pace (503, SlowDown); the requests were retried after a backoff.",
                 &RESOURCE,
             ),
             bytes_freed: counter(
@@ -160,6 +166,9 @@ impl Metrics {
         self.uploads_failed
             .with_label_values(&labels)
             .inc_by(summary.failed);
+        self.throttled
+            .with_label_values(&labels)
+            .inc_by(summary.throttled);
         self.bytes_freed
             .with_label_values(&labels)
             .inc_by(summary.bytes_freed.unwrap_or(0));

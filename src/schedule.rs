@@ -228,10 +228,11 @@ fn parse_field(text: &str, min: u32, max: u32, names: &[&str]) -> Result<u64, St
             // `a/s` means from a to the end in steps of s.
             (start, if step > 1 { max } else { start })
         };
-        let mut v = low;
-        while v <= high {
-            bits |= 1 << v;
-            v += step;
+        // Steps of any size are allowed (`30/4294967295` is just 30); the sum must not overflow.
+        let mut v = Some(low);
+        while let Some(value) = v.filter(|value| *value <= high) {
+            bits |= 1 << value;
+            v = value.checked_add(step);
         }
     }
     Ok(bits)
@@ -341,6 +342,15 @@ mod tests {
         // 02:30 does not exist on 2027-03-28 in Berlin; that day's run moves past the gap.
         let t = next("30 2 * * *", Some("Europe/Berlin"), "2027-03-27T12:00:00Z");
         assert_eq!(t, "2027-03-28T01:30:00Z");
+    }
+
+    #[test]
+    fn huge_steps_mean_the_first_value_only() {
+        let t = next("30/4294967295 * * * *", None, "2026-11-22T05:31:00Z");
+        assert_eq!(t, "2026-11-22T06:30:00Z");
+        let t = next("0 */4294967295 * * *", None, "2026-11-22T05:31:00Z");
+        assert_eq!(t, "2026-11-23T00:00:00Z");
+        assert!(Schedule::parse("*/4294967296 * * * *", None).is_err());
     }
 
     #[test]

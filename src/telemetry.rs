@@ -1,7 +1,13 @@
 //! Logging setup shared by every subcommand: tracing to stderr, as text or JSON.
 
+use std::io::IsTerminal;
+
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::Directive;
+use tracing_subscriber::filter::{FilterExt, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -10,39 +16,73 @@ pub enum LogFormat {
     Json,
 }
 
-/// Targets that can log signed request material (canonical requests carry session tokens) at
-/// debug or trace. They are capped whatever the user asks for, so no log level prints a secret.
-const CAPPED_TARGETS: &[&str] = &[
-    "aws_sigv4=info",
-    "aws_credential_types=info",
-    "aws_config=info",
+/// The most verbose level some SDK targets may log at, whatever the user asks for: below it they
+/// print signed request material (canonical requests carry session tokens), credentials'
+/// debug forms, or whole answer bodies (a hostile server's text, unescaped).
+const CAPS: &[(&str, LevelFilter)] = &[
+    ("aws_sigv4", LevelFilter::INFO),
+    ("aws_credential_types", LevelFilter::INFO),
+    ("aws_config", LevelFilter::INFO),
+    ("aws_smithy_runtime", LevelFilter::INFO),
+    ("aws_smithy_runtime_api", LevelFilter::INFO),
 ];
 
-/// Builds the filter from `RUST_LOG` if set, else from `default_level` for this crate and `warn`
+/// What the user asked for: `RUST_LOG` if set, else `default_level` for this crate and `warn`
 /// for everything else.
-pub fn filter(default_level: &str) -> EnvFilter {
+pub fn requested(default_level: &str) -> EnvFilter {
     let base = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| format!("warn,mpu_sweeper={default_level}"));
-    let mut filter = EnvFilter::try_new(&base).unwrap_or_else(|_| EnvFilter::new("warn"));
-    for capped in CAPPED_TARGETS {
-        let directive: Directive = capped.parse().expect("static directive parses");
-        filter = filter.add_directive(directive);
-    }
-    filter
+    EnvFilter::try_new(&base).unwrap_or_else(|_| EnvFilter::new("warn"))
+}
+
+/// The caps, as a filter that lets everything else through.
+fn caps() -> Targets {
+    CAPS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, (target, level)| targets.with_target(*target, *level),
+    )
 }
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat, default_level: &str) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(default_level))
-        .with_writer(std::io::stderr)
-        .with_target(true);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let filter = requested(default_level).and(caps());
+    let layer = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            // Colour codes only for a terminal; in a pipe or a log file they are noise.
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(true)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_target(true)
+            .boxed(),
     };
     // A second init (tests) keeps the first subscriber; that is fine.
-    drop(result);
+    drop(
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .try_init(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::layer::Filter;
+
+    #[test]
+    fn caps_hold_whatever_level_is_asked_for() {
+        let caps = caps();
+        assert!(!caps.would_enable("aws_sigv4", &Level::DEBUG));
+        assert!(!caps.would_enable("aws_smithy_runtime::client::orchestrator", &Level::TRACE));
+        assert!(caps.would_enable("aws_smithy_runtime", &Level::WARN));
+        assert!(caps.would_enable("mpu_sweeper", &Level::TRACE));
+        let _: &dyn Filter<tracing_subscriber::Registry> = &caps;
+    }
 }

@@ -142,7 +142,6 @@ async fn a_cancelled_sweep_does_not_wait_on_a_hung_server_past_its_drain_timeout
     // Timeouts long enough that only the drain deadline can end the sweep early.
     let mut settings = fault.settings();
     settings.limits.attempt_timeout = Duration::from_secs(300);
-    settings.limits.operation_timeout = Duration::from_secs(600);
     let client = settings.client().await.expect("client");
     let mut options = sweep::SweepOptions::new(bucket.clone(), MAX_AGE.parse().unwrap());
     options.concurrency = 4;

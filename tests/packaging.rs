@@ -314,13 +314,10 @@ fn rendered_chart_is_hardened_and_least_privilege() {
         }
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-        // Longer than the slowest abort the controller lets finish on SIGTERM.
+        // Longer than the controller lets the aborts in flight take on SIGTERM.
         let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-        let abort_limit = mpu_sweeper::sweep::Limits::default().operation_timeout;
-        assert!(
-            grace > abort_limit.as_secs(),
-            "grace {grace}s vs {abort_limit:?}"
-        );
+        let drain = mpu_sweeper::sweep::DEFAULT_DRAIN_TIMEOUT;
+        assert!(grace > drain.as_secs(), "grace {grace}s vs {drain:?}");
         // Leader election is wired, so replicas and rolling updates never sweep twice.
         let args: Vec<&str> = container["args"]
             .as_array()

@@ -22,6 +22,8 @@ pub mod exit {
     /// The bucket could not be listed (credentials, missing bucket, endpoint unreachable), or the
     /// endpoint stopped answering during the sweep.
     pub const LISTING_FAILED: u8 = 3;
+    /// The run's time limit passed; what was done is in the summary.
+    pub const DEADLINE_EXCEEDED: u8 = 4;
     /// Interrupted by a signal after finishing the aborts in flight.
     pub const INTERRUPTED: u8 = 130;
 }

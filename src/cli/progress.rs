@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::sweep::{ListedUpload, SweepObserver, SweepSummary, UploadOutcome};
+use crate::text;
 
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -61,14 +62,18 @@ impl SweepObserver for Progress {
         outcome: &UploadOutcome,
         summary: &SweepSummary,
     ) {
-        tracing::debug!(key = %upload.key, upload_id = %upload.upload_id, ?outcome, "upload handled");
+        tracing::debug!(key = %text::name(&upload.key), upload_id = %text::name(&upload.upload_id), ?outcome, "upload handled");
         self.update(summary);
     }
 }
 
 pub fn counts_line(s: &SweepSummary) -> String {
-    format!(
+    let mut line = format!(
         "listed {} · stale {} · aborted {} · already gone {} · failed {} · skipped {}",
         s.found, s.stale, s.aborted, s.already_gone, s.failed, s.skipped
-    )
+    );
+    if s.throttled > 0 {
+        line.push_str(&format!(" · throttled {}", s.throttled));
+    }
+    line
 }

@@ -12,8 +12,8 @@ use super::progress::{Progress, counts_line};
 use super::signals::wait_for_stop_signal;
 use crate::max_age::MaxAge;
 use crate::sweep::{
-    self, AddressingStyle, CredentialSource, Limits, S3Settings, SweepOptions, SweepOutcome,
-    SweepStop, SweepSummary,
+    self, AddressingStyle, CredentialSource, Limits, RetryPolicy, S3Settings, SweepOptions,
+    SweepOutcome, SweepStop, SweepSummary,
 };
 use crate::telemetry::{self, LogFormat};
 
@@ -88,9 +88,15 @@ pub struct SweepArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     request_timeout: u64,
 
-    /// Attempts per request, the first included (retries use exponential backoff with jitter).
+    /// Attempts per request that fails (5xx, broken connection, timeout), the first included;
+    /// retries back off exponentially with jitter. Throttled requests get up to four times as many.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
     max_attempts: u32,
+
+    /// The run's time limit: when it passes, listing stops, the aborts in flight finish and the
+    /// summary says what was done (exit 4). Same syntax as --max-age.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_timeout)]
+    timeout: Duration,
 
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -108,6 +114,10 @@ pub struct SweepArgs {
 fn parse_max_age(text: &str) -> Result<MaxAge, String> {
     text.parse()
         .map_err(|e: crate::max_age::MaxAgeError| e.to_string())
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    crate::max_age::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// The JSON document printed with `--output json`: the summary plus why the sweep stopped early.
@@ -144,12 +154,6 @@ pub async fn run(args: SweepArgs) -> u8 {
         limits: Limits {
             connect_timeout: Duration::from_secs(args.connect_timeout),
             attempt_timeout: Duration::from_secs(args.request_timeout),
-            // Room for every attempt plus backoff, so the per-attempt limit is the one that bites.
-            operation_timeout: Duration::from_secs(
-                args.request_timeout * u64::from(args.max_attempts) + 60,
-            ),
-            max_attempts: args.max_attempts,
-            ..Limits::default()
         },
         ..S3Settings::default()
     };
@@ -160,6 +164,12 @@ pub async fn run(args: SweepArgs) -> u8 {
         dry_run: args.dry_run,
         verify: !args.no_verify,
         measure_bytes: args.measure_bytes,
+        timeout: args.timeout,
+        retry: RetryPolicy {
+            max_attempts: args.max_attempts,
+            max_throttled_attempts: 4 * args.max_attempts,
+            ..RetryPolicy::default()
+        },
         ..SweepOptions::new(args.bucket.clone(), args.max_age)
     };
     if let Err(err) = options.validate() {
@@ -181,6 +191,7 @@ pub async fn run(args: SweepArgs) -> u8 {
     print_report(&outcome, args.output, where_);
     match &outcome.stop {
         Some(SweepStop::ListingFailed(_) | SweepStop::ServerUnreachable(_)) => exit::LISTING_FAILED,
+        Some(SweepStop::DeadlineExceeded(_)) => exit::DEADLINE_EXCEEDED,
         Some(SweepStop::Cancelled) => exit::INTERRUPTED,
         None if outcome.summary.failed > 0 => exit::SOME_FAILED,
         None => exit::OK,
@@ -213,6 +224,11 @@ fn stop_message(outcome: &SweepOutcome, bucket: &str, where_: &str) -> Option<St
         ),
         SweepStop::ServerUnreachable(err) => format!(
             "bucket {bucket:?} at {where_} stopped answering after {} uploads were listed: {err}",
+            outcome.summary.found
+        ),
+        SweepStop::DeadlineExceeded(limit) => format!(
+            "the run's time limit (--timeout {}) passed after {} uploads were listed; the counts say what was done, and the next run continues",
+            MaxAge::from_secs(limit.as_secs()).map_or_else(|| "0s".to_owned(), |a| a.to_string()),
             outcome.summary.found
         ),
         SweepStop::Cancelled => "interrupted before the listing was complete".to_owned(),
@@ -262,13 +278,24 @@ fn text_report(s: &SweepSummary) -> String {
     } else {
         let _ = writeln!(out, "{}", counts_line(s));
     }
+    if s.throttled > 0 {
+        let _ = writeln!(
+            out,
+            "throttled: the server asked for a slower pace {} times; those requests were retried after a backoff",
+            s.throttled
+        );
+    }
+    for warning in &s.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     if let Some(bytes) = s.bytes_freed {
         let _ = writeln!(out, "bytes freed: {} ({bytes} bytes)", human_bytes(bytes));
     }
+    // Keys, upload IDs and messages are already escaped and cut (they come from the server).
     for failure in &s.failures {
         let _ = writeln!(
             out,
-            "failed: key {:?} upload {}: {} ({})",
+            "failed: key \"{}\" upload {}: {} ({})",
             failure.key, failure.upload_id, failure.message, failure.code
         );
     }

@@ -3,6 +3,11 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::text;
+
+/// The longest condition message written; the rest is cut.
+pub const MESSAGE_MAX_BYTES: usize = 1024;
+
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
@@ -78,7 +83,8 @@ pub fn apply(
         let status = if active { "True" } else { "False" };
         // Every condition carries the message: it explains the inactive ones too, and an empty
         // string is stored as null by the v1.20 API server of the test bed, which then rejects it.
-        let message = health.message.clone();
+        // Bounded, so that three of them can never swell the object.
+        let message = text::bounded(&health.message, MESSAGE_MAX_BYTES);
         match conditions.iter_mut().find(|c| c.type_ == kind) {
             Some(existing) => {
                 if existing.status != status {
@@ -155,5 +161,18 @@ mod tests {
             ("True", "SecretNotFound")
         );
         assert_eq!(conditions.len(), 3);
+
+        let huge = "x".repeat(400_000);
+        apply(
+            &mut conditions,
+            &Health::not_ready("ListingFailed", huge, false),
+            Some(2),
+            t1,
+        );
+        assert!(
+            conditions
+                .iter()
+                .all(|c| c.message.len() <= MESSAGE_MAX_BYTES)
+        );
     }
 }

@@ -23,8 +23,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION, RunSummary};
+use crate::max_age::MaxAge;
 use crate::metrics::{Metrics, ResourceLabels};
 use crate::sweep::{self, Limits, NoProgress, S3ErrorKind, SweepOutcome, SweepStop};
+use crate::text;
 use conditions::Health;
 use settings::Problem;
 
@@ -200,17 +202,29 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
 
+    // Still "Running" in a fresh read: no controller is sweeping it (a sweep holds its
+    // resource's reconcile until it ends), so the run was lost with the process that ran it. It
+    // counts as a failed run, so that a sweep that kills its controller (out of memory, say)
+    // is retried with backoff instead of at every restart.
+    if conditions::ready_reason(&old.conditions) == Some(conditions::RUNNING) {
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        let retry_in = backoff(status.consecutive_failures);
+        let retry = now + retry_in;
+        status.next_run_time = Some(Time(retry));
+        set_health(&mut status, &lost_run_health(retry_in), generation, now);
+        write_status(&api, &mpc, &old, &status, &ctx).await?;
+        return Ok(requeue_at(retry, now));
+    }
+
     let run_request = mpc.annotations().get(RUN_REQUESTED_ANNOTATION).cloned();
     let requested = run_request.is_some() && run_request != old.last_handled_run_request;
-    // Still "Running" in a fresh read: the run was cut off (the process died) and is redone.
-    let interrupted = conditions::ready_reason(&old.conditions) == Some(conditions::RUNNING);
     let due = next_due(
         &plan.schedule,
         &old,
         old.observed_generation != generation,
         now,
     );
-    if !requested && !interrupted && due > now {
+    if !requested && due > now {
         status.next_run_time = Some(Time(due));
         if let Some(health) = health_while_waiting(&old) {
             set_health(&mut status, &health, generation, now);
@@ -301,17 +315,19 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
 
     let completed = Timestamp::now();
     status.last_run = Some(run_summary(&outcome, verdict.error.clone()));
-    status.total_aborted += summary.aborted as i64;
+    status.total_aborted = status
+        .total_aborted
+        .saturating_add(saturating_i64(summary.aborted));
     let next = if verdict.success {
         status.consecutive_failures = 0;
         status.last_successful_run_time = Some(Time(summary.completion_time));
         plan.schedule.next_after(summary.start_time)
     } else if matches!(outcome.stop, Some(SweepStop::Cancelled)) {
         // Interrupted by shutdown: due again as soon as a controller picks it up.
-        status.consecutive_failures += 1;
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
         completed
     } else {
-        status.consecutive_failures += 1;
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
         completed + backoff(status.consecutive_failures)
     };
     status.next_run_time = Some(Time(next));
@@ -352,6 +368,18 @@ async fn cancel_on_change(
             return;
         }
     }
+}
+
+/// The health of a resource whose run was lost with its controller.
+fn lost_run_health(retry_in: SignedDuration) -> Health {
+    Health::not_ready(
+        "Interrupted",
+        format!(
+            "the last run did not finish: the controller running it stopped in the middle (killed, out of memory or crashed); retrying in {}s",
+            retry_in.as_secs()
+        ),
+        false,
+    )
 }
 
 /// When the next sweep is due, from the status as it was before this reconcile.
@@ -459,6 +487,21 @@ fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
                 error: Some(message),
             }
         }
+        Some(SweepStop::DeadlineExceeded(limit)) => {
+            let limit =
+                MaxAge::from_secs(limit.as_secs()).map_or_else(String::new, |a| a.to_string());
+            let message = format!(
+                "the run's time limit (spec.timeout {limit}) passed after listing {} uploads ({counts}); the next run continues; raise spec.timeout if the bucket needs longer",
+                s.found
+            );
+            Verdict {
+                health: Health::not_ready("DeadlineExceeded", message.clone(), false),
+                success: false,
+                result: "deadline_exceeded",
+                event_type: EventType::Warning,
+                error: Some(message),
+            }
+        }
         Some(stop @ (SweepStop::ListingFailed(err) | SweepStop::ServerUnreachable(err))) => {
             let (reason, stalled, advice) = match err.kind {
                 S3ErrorKind::InvalidCredentials => (
@@ -506,21 +549,36 @@ fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
     }
 }
 
+/// The longest `lastRun.error` and warning written; like condition messages, bounded so that no
+/// server text can swell the object past what the API server stores.
+const RUN_TEXT_MAX_BYTES: usize = conditions::MESSAGE_MAX_BYTES;
+
 fn run_summary(outcome: &SweepOutcome, error: Option<String>) -> RunSummary {
     let s = &outcome.summary;
     RunSummary {
         start_time: Time(s.start_time),
         completion_time: Time(s.completion_time),
-        found: s.found as i64,
-        stale: s.stale as i64,
-        aborted: s.aborted as i64,
-        already_gone: s.already_gone as i64,
-        skipped: s.skipped as i64,
-        failed: s.failed as i64,
-        bytes_freed: s.bytes_freed.map(|b| b as i64),
+        found: saturating_i64(s.found),
+        stale: saturating_i64(s.stale),
+        aborted: saturating_i64(s.aborted),
+        already_gone: saturating_i64(s.already_gone),
+        skipped: saturating_i64(s.skipped),
+        failed: saturating_i64(s.failed),
+        throttled: saturating_i64(s.throttled),
+        bytes_freed: s.bytes_freed.map(saturating_i64),
         dry_run: s.dry_run,
-        error,
+        error: error.map(|e| text::bounded(&e, RUN_TEXT_MAX_BYTES)),
+        warnings: s
+            .warnings
+            .iter()
+            .map(|w| text::bounded(w, RUN_TEXT_MAX_BYTES / 2))
+            .collect(),
     }
+}
+
+/// Counts are `u64` in the engine and `int64` in the API.
+fn saturating_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 fn set_health(
@@ -602,18 +660,6 @@ async fn warn_if_new(
 /// The API server rejects an Event whose note is longer than 1 kB.
 const EVENT_NOTE_MAX_BYTES: usize = 1024;
 
-/// The longest prefix of `text` that fits in `max` bytes without splitting a character.
-fn truncate_utf8(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 async fn publish(
     ctx: &Context,
     mpc: &MultipartCleanup,
@@ -624,7 +670,7 @@ async fn publish(
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(truncate_utf8(message, EVENT_NOTE_MAX_BYTES).to_owned()),
+        note: Some(text::bounded(message, EVENT_NOTE_MAX_BYTES)),
         action: "Sweep".to_owned(),
         secondary: None,
     };
@@ -636,7 +682,6 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::max_age::MaxAge;
     use crate::schedule::Schedule;
     use crate::sweep::{S3Error, SweepOptions, SweepSummary};
 
@@ -717,6 +762,8 @@ mod tests {
             bytes_freed: None,
             dry_run: false,
             error: None,
+            throttled: 0,
+            warnings: Vec::new(),
         }
     }
 
@@ -756,12 +803,35 @@ mod tests {
     }
 
     #[test]
-    fn event_notes_are_cut_to_one_kilobyte_on_a_character_boundary() {
-        assert_eq!(truncate_utf8("short", EVENT_NOTE_MAX_BYTES), "short");
-        let long = "é".repeat(600); // 1,200 bytes
-        let cut = truncate_utf8(&long, EVENT_NOTE_MAX_BYTES);
-        assert_eq!(cut.len(), 1024);
-        assert_eq!(truncate_utf8(&long, 1023).len(), 1022);
+    fn run_summaries_are_bounded_and_saturate() {
+        let mut run = outcome(None, 0);
+        run.summary.aborted = u64::MAX;
+        run.summary.bytes_freed = Some(u64::MAX);
+        run.summary.warnings = vec!["w".repeat(100_000)];
+        let summary = run_summary(&run, Some("e".repeat(400_000)));
+        assert_eq!(summary.aborted, i64::MAX);
+        assert_eq!(summary.bytes_freed, Some(i64::MAX));
+        assert!(summary.error.unwrap().len() <= RUN_TEXT_MAX_BYTES);
+        assert!(summary.warnings[0].len() <= RUN_TEXT_MAX_BYTES);
+    }
+
+    #[test]
+    fn a_deadline_is_reported_with_what_was_done() {
+        let verdict = judge(
+            &outcome(
+                Some(SweepStop::DeadlineExceeded(Duration::from_secs(3_600))),
+                0,
+            ),
+            "controller shutdown",
+        );
+        assert_eq!(verdict.health.reason, "DeadlineExceeded");
+        assert!(!verdict.success && !verdict.health.stalled);
+        assert!(
+            verdict.health.message.contains("spec.timeout 1h")
+                && verdict.health.message.contains("aborted 120 of 120"),
+            "{}",
+            verdict.health.message
+        );
     }
 
     #[test]

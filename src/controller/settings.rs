@@ -54,7 +54,10 @@ pub fn plan(spec: &MultipartCleanupSpec) -> Result<Plan, Problem> {
             ScheduleParseError::Schedule(e) => invalid(format!("spec.schedule: {e}")),
             ScheduleParseError::TimeZone(e) => invalid(format!("spec.timeZone: {e}")),
         })?;
+    let timeout = crate::max_age::parse_duration(&spec.timeout)
+        .map_err(|e| invalid(format!("spec.timeout: {e}")))?;
     let options = SweepOptions {
+        timeout,
         prefix: spec.prefix.clone().filter(|p| !p.is_empty()),
         concurrency: usize::try_from(spec.concurrency).unwrap_or(0),
         dry_run: spec.dry_run,
@@ -209,6 +212,7 @@ mod tests {
                 "spec.timeZone",
             ),
             (serde_json::json!({"concurrency": 0}), "concurrency"),
+            (serde_json::json!({"timeout": "0s"}), "spec.timeout"),
         ] {
             let problem = plan(&spec(patch.clone())).unwrap_err();
             assert_eq!(problem.reason, "InvalidSpec", "{patch}");
@@ -224,5 +228,6 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(ok.options.prefix.as_deref(), Some("logs/"));
+        assert_eq!(ok.options.timeout, std::time::Duration::from_secs(3_600));
     }
 }

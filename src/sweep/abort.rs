@@ -4,6 +4,8 @@ use aws_sdk_s3::Client;
 
 use super::error::{S3Error, S3ErrorKind};
 use super::listing::ListedUpload;
+use super::requests::Requests;
+use crate::text;
 
 /// How many times an upload is aborted when parts keep appearing after an abort (a part upload
 /// that was in flight during the abort can land afterwards).
@@ -29,19 +31,22 @@ pub struct AbortOptions {
     pub measure_bytes: bool,
 }
 
-pub async fn abort_upload(
-    client: &Client,
-    bucket: &str,
-    upload: &ListedUpload,
-    options: AbortOptions,
-) -> UploadOutcome {
+/// One stale upload and what is needed to abort it.
+pub struct AbortTarget<'a> {
+    pub client: &'a Client,
+    pub requests: &'a Requests,
+    pub bucket: &'a str,
+    pub upload: &'a ListedUpload,
+}
+
+pub async fn abort_upload(target: &AbortTarget<'_>, options: AbortOptions) -> UploadOutcome {
     let bytes = if options.measure_bytes {
-        match parts_size(client, bucket, upload).await {
+        match parts_size(target).await {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind == S3ErrorKind::UploadGone => return UploadOutcome::AlreadyGone,
             // A failed measurement must not keep a stale upload alive; it only leaves the size unknown.
             Err(e) => {
-                tracing::debug!(key = %upload.key, upload_id = %upload.upload_id, error = %e, "could not measure upload size");
+                tracing::debug!(key = %text::name(&target.upload.key), upload_id = %text::name(&target.upload.upload_id), error = %e, "could not measure upload size");
                 None
             }
         }
@@ -50,43 +55,38 @@ pub async fn abort_upload(
     };
 
     for attempt in 1..=MAX_ABORT_ATTEMPTS {
-        let aborted = client
-            .abort_multipart_upload()
-            .bucket(bucket)
-            .key(&upload.key)
-            .upload_id(&upload.upload_id)
-            .send()
-            .await;
-        match aborted.map_err(|e| S3Error::from_sdk(&e)) {
-            Ok(_) => {}
-            // Gone on the first try: someone beat us. Gone on a later try: our earlier abort took.
-            Err(e) if e.kind == S3ErrorKind::UploadGone => {
-                return if attempt == 1 {
-                    UploadOutcome::AlreadyGone
-                } else {
-                    UploadOutcome::Aborted { bytes }
-                };
-            }
+        let sent = target.requests.send(|| send_abort(target)).await;
+        // Gone on the first try: someone beat us. Gone after a retry or on a later try: our
+        // earlier abort took (its answer was lost, or parts came back and were aborted again).
+        let ours = attempt > 1 || sent.maybe_applied_before;
+        let gone = if ours {
+            UploadOutcome::Aborted { bytes }
+        } else {
+            UploadOutcome::AlreadyGone
+        };
+        match sent.result {
+            Ok(()) => {}
+            Err(e) if e.kind == S3ErrorKind::UploadGone => return gone,
+            Err(e) if e.is_uncoded_not_found() => return confirm_gone(target, e, gone).await,
             Err(e) => return UploadOutcome::Failed(e),
         }
         if !options.verify {
             return UploadOutcome::Aborted { bytes };
         }
-        match remaining_parts(client, bucket, upload).await {
+        match remaining_parts(target).await {
             Ok(0) => return UploadOutcome::Aborted { bytes },
             Err(e) if e.kind == S3ErrorKind::UploadGone => return UploadOutcome::Aborted { bytes },
             Ok(parts) => {
-                tracing::debug!(key = %upload.key, upload_id = %upload.upload_id, parts, attempt, "parts remain after abort; aborting again");
+                tracing::debug!(key = %text::name(&target.upload.key), upload_id = %text::name(&target.upload.upload_id), parts, attempt, "parts remain after abort; aborting again");
             }
             Err(e) => {
-                return UploadOutcome::Failed(S3Error::new(
-                    e.kind,
-                    e.code,
-                    format!(
+                return UploadOutcome::Failed(S3Error {
+                    message: format!(
                         "aborted, but could not verify that the parts are gone: {}",
                         e.message
                     ),
-                ));
+                    ..e
+                });
             }
         }
     }
@@ -97,43 +97,88 @@ pub async fn abort_upload(
     ))
 }
 
-/// Number of parts the upload still lists (first page is enough: any part means "not gone").
-async fn remaining_parts(
-    client: &Client,
-    bucket: &str,
-    upload: &ListedUpload,
-) -> Result<usize, S3Error> {
-    let output = client
-        .list_parts()
-        .bucket(bucket)
-        .key(&upload.key)
-        .upload_id(&upload.upload_id)
-        .max_parts(1)
+async fn send_abort(target: &AbortTarget<'_>) -> Result<(), S3Error> {
+    target
+        .client
+        .abort_multipart_upload()
+        .bucket(target.bucket)
+        .key(&target.upload.key)
+        .upload_id(&target.upload.upload_id)
         .send()
         .await
-        .map_err(|e| S3Error::from_sdk(&e))?;
+        .map(|_| ())
+        .map_err(|e| S3Error::from_sdk(&e))
+}
+
+/// An abort answered 404 without an S3 error code (a proxy's page, not the server's word): the
+/// upload counts as gone only if ListParts says so in S3's own terms.
+async fn confirm_gone(
+    target: &AbortTarget<'_>,
+    uncoded: S3Error,
+    gone: UploadOutcome,
+) -> UploadOutcome {
+    match remaining_parts(target).await {
+        Err(e) if e.kind == S3ErrorKind::UploadGone => gone,
+        Ok(_) => UploadOutcome::Failed(S3Error {
+            message: format!("{}; the upload still exists", uncoded.message),
+            ..uncoded
+        }),
+        Err(_) => UploadOutcome::Failed(uncoded),
+    }
+}
+
+/// Number of parts the upload still lists (first page is enough: any part means "not gone").
+async fn remaining_parts(target: &AbortTarget<'_>) -> Result<usize, S3Error> {
+    let output = target
+        .requests
+        .send(|| async {
+            target
+                .client
+                .list_parts()
+                .bucket(target.bucket)
+                .key(&target.upload.key)
+                .upload_id(&target.upload.upload_id)
+                .max_parts(1)
+                .send()
+                .await
+                .map_err(|e| S3Error::from_sdk(&e))
+        })
+        .await
+        .result?;
     Ok(output.parts().len())
 }
 
-/// Sum of the part sizes, following ListParts pages.
-async fn parts_size(client: &Client, bucket: &str, upload: &ListedUpload) -> Result<u64, S3Error> {
+/// ListParts pages read to measure one upload: 10,000 parts (S3's limit) at 1,000 a page, with
+/// room to spare; a server whose part markers never end is not followed further.
+const MAX_PART_PAGES: usize = 100;
+
+/// Sum of the part sizes, following ListParts pages; it saturates rather than overflows.
+async fn parts_size(target: &AbortTarget<'_>) -> Result<u64, S3Error> {
     let mut total: u64 = 0;
     let mut marker: Option<String> = None;
-    loop {
-        let output = client
-            .list_parts()
-            .bucket(bucket)
-            .key(&upload.key)
-            .upload_id(&upload.upload_id)
-            .set_part_number_marker(marker.clone())
-            .send()
+    for _ in 0..MAX_PART_PAGES {
+        let output = target
+            .requests
+            .send(|| async {
+                target
+                    .client
+                    .list_parts()
+                    .bucket(target.bucket)
+                    .key(&target.upload.key)
+                    .upload_id(&target.upload.upload_id)
+                    .set_part_number_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| S3Error::from_sdk(&e))
+            })
             .await
-            .map_err(|e| S3Error::from_sdk(&e))?;
-        total += output
+            .result?;
+        let page: u64 = output
             .parts()
             .iter()
-            .map(|part| part.size().unwrap_or(0).max(0) as u64)
-            .sum::<u64>();
+            .map(|part| u64::try_from(part.size().unwrap_or(0)).unwrap_or(0))
+            .fold(0, u64::saturating_add);
+        total = total.saturating_add(page);
         let next = output
             .next_part_number_marker()
             .filter(|m| !m.is_empty())
@@ -143,4 +188,5 @@ async fn parts_size(client: &Client, bucket: &str, upload: &ListedUpload) -> Res
         }
         marker = next;
     }
+    Ok(total)
 }

@@ -12,6 +12,8 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_smithy_async::time::SharedTimeSource;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 
+use super::body_cap::{BodyCap, MAX_ANSWER_BYTES};
+
 pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// How requests name the bucket.
@@ -49,18 +51,13 @@ impl fmt::Debug for CredentialSource {
     }
 }
 
-/// Retry and timeout limits; the defaults keep a dead server from hanging a sweep.
+/// Time limits of single requests; the defaults keep a dead server from hanging a sweep. Retries
+/// are the engine's (see [`super::RetryPolicy`]), not the SDK's.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub connect_timeout: Duration,
     /// One HTTP attempt, from send to the end of the answer.
     pub attempt_timeout: Duration,
-    /// One operation, all retries included.
-    pub operation_timeout: Duration,
-    /// Attempts per operation, the first included.
-    pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
 }
 
 impl Default for Limits {
@@ -68,10 +65,6 @@ impl Default for Limits {
         Self {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(30),
-            operation_timeout: Duration::from_secs(120),
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(20),
         }
     }
 }
@@ -174,17 +167,15 @@ impl S3Settings {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
             .http_client(http_client)
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(limits.max_attempts)
-                    .with_initial_backoff(limits.initial_backoff)
-                    .with_max_backoff(limits.max_backoff),
-            )
+            // The engine retries, with a budget and backoff of each run's own: the SDK's retry
+            // budget is shared by every client of the process, so one tenant's failing endpoint
+            // would use up the retries of all others.
+            .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(limits.connect_timeout)
                     .operation_attempt_timeout(limits.attempt_timeout)
-                    .operation_timeout(limits.operation_timeout)
+                    .operation_timeout(limits.attempt_timeout)
                     .build(),
             );
         if let CredentialSource::Static {
@@ -211,7 +202,12 @@ impl S3Settings {
             // Checksums only where S3 requires them: many S3-compatible servers reject the
             // newer default trailing checksums, and this engine sends no payloads anyway.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // Every answer is read into memory before it is parsed: none may be larger than a
+            // real one can be.
+            .interceptor(BodyCap {
+                limit: MAX_ANSWER_BYTES,
+            });
         if let Some(endpoint) = &self.endpoint {
             s3_config = s3_config.endpoint_url(endpoint.trim_end_matches('/'));
         }

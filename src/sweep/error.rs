@@ -6,6 +6,8 @@ use std::fmt;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
+use crate::text;
+
 /// What went wrong, coarsely; callers decide retry and exit status from this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -17,32 +19,55 @@ pub enum S3ErrorKind {
     NoSuchBucket,
     /// The upload no longer exists: somebody completed or aborted it.
     UploadGone,
-    /// No TCP/TLS connection could be made, or it broke.
+    /// No TCP/TLS connection could be made, or it broke (before or in the middle of an answer).
     Unreachable,
     Timeout,
-    /// Still throttled (503 SlowDown and friends) after the SDK's retries.
+    /// 503 or a throttling code (SlowDown and friends).
     Throttled,
-    /// A 5xx answer after the SDK's retries.
+    /// Any other 5xx answer.
     ServerError,
-    /// Anything else, including answers the SDK could not parse.
+    /// The answer was larger than any real answer to the request can be; it was not read.
+    AnswerTooLarge,
+    /// Anything else, including answers that could not be parsed.
     Other,
 }
 
-/// One S3 failure. The message never carries credentials: it is built from the server's error
-/// code and message and from connection errors, none of which include the secret.
+/// How a failed request may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryClass {
+    /// The server asks for a slower pace: retry after a backoff, and send less at once.
+    Throttled,
+    /// A transient failure (5xx, broken connection): retry after a backoff, within the budget.
+    Transient,
+    /// A timeout: as transient, but costlier for the budget (it held a connection for long).
+    TimedOut,
+    /// Retrying cannot help.
+    Final,
+}
+
+/// One S3 failure. The message never carries credentials, and whatever of it came from the
+/// server (its error code and message) is escaped and cut (see [`crate::text`]), so it is safe to
+/// show anywhere and small enough for a status field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Error {
     pub kind: S3ErrorKind,
-    /// The S3 error code (`NoSuchBucket`, `SignatureDoesNotMatch`...) when the server sent one.
+    /// The S3 error code (`NoSuchBucket`, `SignatureDoesNotMatch`...) when the server sent one,
+    /// escaped and cut.
     pub code: Option<String>,
+    /// The HTTP status when the server answered.
+    pub status: Option<u16>,
     pub message: String,
 }
+
+/// The longest error code any S3 server uses is about 40 characters.
+const CODE_MAX_BYTES: usize = 64;
 
 impl S3Error {
     pub fn new(kind: S3ErrorKind, code: Option<String>, message: impl Into<String>) -> Self {
         Self {
             kind,
             code,
+            status: None,
             message: message.into(),
         }
     }
@@ -51,20 +76,49 @@ impl S3Error {
     where
         E: ProvideErrorMetadata + StdError + 'static,
     {
+        let status = err.raw_response().map(|r| r.status().as_u16());
         match err {
-            SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
-                let status = err.raw_response().map(|r| r.status().as_u16());
+            SdkError::ServiceError(_) if status.is_some_and(|s| (200..300).contains(&s)) => {
+                // A success status whose body did not parse as the operation's answer.
+                Self::new(
+                    S3ErrorKind::Other,
+                    None,
+                    format!(
+                        "the server's answer could not be read as S3 XML: {}",
+                        text::shown(&error_chain(err), text::SERVER_MESSAGE_MAX_BYTES)
+                    ),
+                )
+                .with_status(status)
+            }
+            SdkError::ServiceError(_) => {
                 let code = err.code().map(str::to_owned);
                 let server_message = err.message().map(str::to_owned);
                 Self::from_response(status, code, server_message)
             }
+            SdkError::ResponseError(_) => match find_source::<AnswerTooLarge>(err) {
+                Some(too_large) => Self::new(
+                    S3ErrorKind::AnswerTooLarge,
+                    None,
+                    format!("{too_large}; no real answer to this request is that large, so it was refused"),
+                )
+                .with_status(status),
+                None => Self::new(
+                    S3ErrorKind::Unreachable,
+                    None,
+                    format!(
+                        "the connection broke in the middle of the answer: {}",
+                        text::shown(&error_chain(err), text::SERVER_MESSAGE_MAX_BYTES)
+                    ),
+                )
+                .with_status(status),
+            },
             SdkError::TimeoutError(_) => Self::new(
                 S3ErrorKind::Timeout,
                 None,
-                "the request timed out (no complete answer within the operation timeout)",
+                "the request timed out (no complete answer within the attempt timeout)",
             ),
             SdkError::DispatchFailure(failure) => {
-                let detail = error_chain(err);
+                let detail = text::safe(&error_chain(err), text::SERVER_MESSAGE_MAX_BYTES);
                 if failure.is_timeout() {
                     Self::new(
                         S3ErrorKind::Timeout,
@@ -94,17 +148,32 @@ impl S3Error {
                     )
                 }
             }
-            _ => Self::new(S3ErrorKind::Other, None, error_chain(err)),
+            _ => Self::new(
+                S3ErrorKind::Other,
+                None,
+                text::safe(&error_chain(err), text::SERVER_MESSAGE_MAX_BYTES),
+            ),
         }
     }
 
-    /// Classifies an S3 error answer by its code first and its HTTP status second.
+    fn with_status(mut self, status: Option<u16>) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Classifies an S3 error answer by its code first and its HTTP status second. The code and
+    /// message come from the server: they are escaped and cut before they go anywhere.
     fn from_response(
         status: Option<u16>,
         code: Option<String>,
         server_message: Option<String>,
     ) -> Self {
         use S3ErrorKind::*;
+        // The SDK makes up "NotFound" for a 404 with an empty body (HEAD answers have none):
+        // that is no code the server sent.
+        let code = code
+            .filter(|c| !(c.is_empty() || (c == "NotFound" && status == Some(404))))
+            .map(|c| text::safe(&c, CODE_MAX_BYTES));
         let kind = match (code.as_deref(), status) {
             (Some("NoSuchUpload" | "NoSuchKey"), _) => UploadGone,
             (Some("NoSuchBucket"), _) => NoSuchBucket,
@@ -124,13 +193,18 @@ impl S3Error {
             (
                 Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"),
                 _,
-            ) => Throttled,
+            )
+            | (_, Some(503)) => Throttled,
             (Some("RequestTimeout"), _) => Timeout,
-            (None, Some(404)) => UploadGone,
             (_, Some(500..=599)) => ServerError,
+            // A 404 without an S3 error code says nothing about what is missing (a proxy's
+            // page, a wrong endpoint): it is not taken to mean "upload gone".
             _ => Other,
         };
         let hint = match kind {
+            InvalidCredentials if code.as_deref() == Some("RequestTimeTooSkewed") => {
+                "the server says this machine's clock is too far from its own; check the clock"
+            }
             InvalidCredentials => {
                 "the server rejected the credentials; check the access key ID and secret key"
             }
@@ -141,16 +215,21 @@ impl S3Error {
                 "the bucket does not exist at this endpoint (check the bucket name, endpoint and region)"
             }
             UploadGone => "the upload no longer exists",
-            Throttled => "the server is throttling requests and kept doing so after retries",
-            ServerError => "the server answered with an internal error after retries",
+            Throttled => "the server is throttling requests (it asks for a slower pace)",
+            ServerError => "the server answered with an internal error",
             Timeout => "the server timed out the request",
+            _ if code.is_none() && status == Some(404) => {
+                "the server answered 404 without an S3 error code (is the endpoint an S3 server?)"
+            }
             _ => "the server refused the request",
         };
         let mut message = hint.to_owned();
         let detail: Vec<String> = [
             code.clone(),
             status.map(|s| format!("HTTP {s}")),
-            server_message.filter(|m| !m.is_empty()),
+            server_message
+                .filter(|m| !m.is_empty())
+                .map(|m| text::safe(&m, text::SERVER_MESSAGE_MAX_BYTES)),
         ]
         .into_iter()
         .flatten()
@@ -158,7 +237,27 @@ impl S3Error {
         if !detail.is_empty() {
             message.push_str(&format!(" ({})", detail.join(", ")));
         }
-        Self::new(kind, code, message)
+        Self::new(kind, code, message).with_status(status)
+    }
+
+    /// How this failure may be retried.
+    pub fn retry_class(&self) -> RetryClass {
+        // The SDK measures the server's clock on every answer and signs the next request by it,
+        // so a request refused for a skewed clock succeeds when sent again.
+        if self.code.as_deref() == Some("RequestTimeTooSkewed") {
+            return RetryClass::Transient;
+        }
+        match self.kind {
+            S3ErrorKind::Throttled => RetryClass::Throttled,
+            S3ErrorKind::ServerError | S3ErrorKind::Unreachable => RetryClass::Transient,
+            S3ErrorKind::Timeout => RetryClass::TimedOut,
+            _ => RetryClass::Final,
+        }
+    }
+
+    /// A 404 that carries no S3 error code: nothing can be concluded from it.
+    pub fn is_uncoded_not_found(&self) -> bool {
+        self.status == Some(404) && self.code.is_none()
     }
 
     /// A short label for metrics and failure lists: the S3 code, else the kind.
@@ -176,6 +275,25 @@ impl fmt::Display for S3Error {
 }
 
 impl StdError for S3Error {}
+
+/// An answer body that went past the size cap (see `body_cap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server's answer is larger than {} MiB", .limit / (1024 * 1024))]
+pub struct AnswerTooLarge {
+    pub limit: u64,
+}
+
+/// The first error of type `T` in the chain of `err`.
+fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current: Option<&'a (dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
 
 /// The distinct messages of an error and its sources, joined, so that "connection refused"
 /// buried three levels deep reaches the one-line message.
@@ -218,6 +336,55 @@ mod tests {
         assert_eq!(kind(503, Some("SlowDown")), S3ErrorKind::Throttled);
         assert_eq!(kind(500, Some("InternalError")), S3ErrorKind::ServerError);
         assert_eq!(kind(400, Some("InvalidArgument")), S3ErrorKind::Other);
+        assert_eq!(kind(503, None), S3ErrorKind::Throttled);
+        assert_eq!(
+            kind(503, Some("ServiceUnavailable")),
+            S3ErrorKind::Throttled
+        );
+        assert_eq!(kind(502, None), S3ErrorKind::ServerError);
+    }
+
+    #[test]
+    fn a_404_without_a_code_is_not_taken_for_a_gone_upload() {
+        let err = S3Error::from_response(Some(404), None, None);
+        assert_eq!(err.kind, S3ErrorKind::Other);
+        assert!(err.is_uncoded_not_found());
+        let made_up = S3Error::from_response(Some(404), Some("NotFound".into()), None);
+        assert!(made_up.is_uncoded_not_found(), "{made_up:?}");
+        assert!(err.message.contains("without an S3 error code"), "{err}");
+        let gone = S3Error::from_response(Some(404), Some("NoSuchUpload".into()), None);
+        assert!(!gone.is_uncoded_not_found());
+    }
+
+    #[test]
+    fn retry_classes_follow_the_kind() {
+        let class = |status, code: Option<&str>| {
+            S3Error::from_response(Some(status), code.map(str::to_owned), None).retry_class()
+        };
+        assert_eq!(class(503, Some("SlowDown")), RetryClass::Throttled);
+        assert_eq!(class(500, Some("InternalError")), RetryClass::Transient);
+        assert_eq!(class(400, Some("RequestTimeout")), RetryClass::TimedOut);
+        assert_eq!(class(403, Some("AccessDenied")), RetryClass::Final);
+        assert_eq!(class(404, Some("NoSuchUpload")), RetryClass::Final);
+        assert_eq!(
+            class(403, Some("RequestTimeTooSkewed")),
+            RetryClass::Transient
+        );
+    }
+
+    #[test]
+    fn server_text_is_escaped_and_cut() {
+        let huge = format!("\u{1b}[2J{}", "x".repeat(1_000_000));
+        let err = S3Error::from_response(Some(500), Some("Internal\u{7}Error".into()), Some(huge));
+        assert!(err.message.len() < 600, "{}", err.message.len());
+        assert!(
+            !err.message.chars().any(char::is_control),
+            "{:?}",
+            err.message
+        );
+        assert!(err.message.contains("\\x1b[2J"), "{}", err.message);
+        assert!(err.message.contains("more bytes)"), "{}", err.message);
+        assert_eq!(err.code.as_deref(), Some("Internal\\x07Error"));
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! `sweep` command and the operator both drive it through [`sweep`].
 
 mod abort;
+mod body_cap;
 mod client;
+mod congestion;
 mod error;
 mod listing;
+mod requests;
+mod run;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,19 +22,24 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::max_age::MaxAge;
+use crate::text;
 
 pub use abort::{AbortOptions, MAX_ABORT_ATTEMPTS, UploadOutcome};
+pub use body_cap::MAX_ANSWER_BYTES;
 pub use client::{
     AddressingStyle, CredentialSource, DEFAULT_REGION, Limits, S3Settings, SettingsError,
 };
-pub use error::{S3Error, S3ErrorKind};
-pub use listing::ListedUpload;
+pub use error::{RetryClass, S3Error, S3ErrorKind};
+pub use listing::{ListedUpload, MAX_PAGES, ServerDate, parse_server_date};
+pub use requests::RetryPolicy;
 
 pub const DEFAULT_PAGE_SIZE: i32 = 1000;
 pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const MAX_CONCURRENCY: usize = 256;
 /// Fits, with the status write and the Lease release, in the chart's 150 s termination grace.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one run may take before it stops listing and winds down.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// Failures kept as examples in the summary; the rest are only counted.
 pub const MAX_FAILURE_EXAMPLES: usize = 20;
 
@@ -48,9 +56,13 @@ pub struct SweepOptions {
     pub dry_run: bool,
     pub verify: bool,
     pub measure_bytes: bool,
-    /// After a cancel, how long the aborts in flight may take to finish before they are left
-    /// undone (an abort with measurement and verification chains several S3 operations).
+    /// The run's time limit: when it passes, listing stops and the aborts in flight drain.
+    pub timeout: Duration,
+    /// After a cancel or the time limit, how long the aborts in flight may take to finish before
+    /// they are left undone (an abort with measurement and verification chains several S3
+    /// operations).
     pub drain_timeout: Duration,
+    pub retry: RetryPolicy,
 }
 
 impl SweepOptions {
@@ -64,7 +76,9 @@ impl SweepOptions {
             dry_run: false,
             verify: true,
             measure_bytes: false,
+            timeout: DEFAULT_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -83,6 +97,9 @@ impl SweepOptions {
                 "concurrency {} is out of range 1..={MAX_CONCURRENCY}",
                 self.concurrency
             ));
+        }
+        if self.timeout.is_zero() {
+            return Err("the timeout must be longer than zero".into());
         }
         Ok(())
     }
@@ -116,11 +133,15 @@ pub struct SweepSummary {
     /// Uploads the server listed without an initiation time; never aborted.
     pub skipped: u64,
     pub failed: u64,
+    /// Answers that asked for a slower pace (503, SlowDown); each was retried after a backoff.
+    pub throttled: u64,
     /// Bytes held by the aborted uploads; `None` unless measuring.
     pub bytes_freed: Option<u64>,
     pub start_time: jiff::Timestamp,
     pub completion_time: jiff::Timestamp,
     pub failures: Vec<FailureExample>,
+    /// Things the run could not take at face value (a server's clock it did not trust...).
+    pub warnings: Vec<String>,
 }
 
 impl SweepSummary {
@@ -137,10 +158,12 @@ impl SweepSummary {
             already_gone: 0,
             skipped: 0,
             failed: 0,
+            throttled: 0,
             bytes_freed: (options.measure_bytes && !options.dry_run).then_some(0),
             start_time,
             completion_time: start_time,
             failures: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -149,7 +172,7 @@ impl SweepSummary {
             UploadOutcome::Aborted { bytes } => {
                 self.aborted += 1;
                 if let (Some(total), Some(bytes)) = (self.bytes_freed.as_mut(), bytes) {
-                    *total += bytes;
+                    *total = total.saturating_add(*bytes);
                 }
             }
             UploadOutcome::AlreadyGone => self.already_gone += 1,
@@ -157,9 +180,10 @@ impl SweepSummary {
             UploadOutcome::Failed(err) => {
                 self.failed += 1;
                 if self.failures.len() < MAX_FAILURE_EXAMPLES {
+                    // Keys and upload IDs come from the server: shown escaped and cut.
                     self.failures.push(FailureExample {
-                        key: upload.key.clone(),
-                        upload_id: upload.upload_id.clone(),
+                        key: text::name(&upload.key).to_string(),
+                        upload_id: text::name(&upload.upload_id).to_string(),
                         code: err.code_or_kind(),
                         message: err.message.clone(),
                     });
@@ -179,6 +203,8 @@ pub enum SweepStop {
     ServerUnreachable(S3Error),
     /// The caller cancelled; aborts in flight were finished.
     Cancelled,
+    /// The run's time limit (the duration) passed; aborts in flight were finished.
+    DeadlineExceeded(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -226,7 +252,6 @@ async fn run_sweep(
     observer: &dyn SweepObserver,
     cancel: &CancellationToken,
 ) -> SweepOutcome {
-    let mut summary = SweepSummary::empty(options, jiff::Timestamp::now());
     let local_clock = client.config().time_source();
     let now_local = || {
         local_clock
@@ -237,124 +262,100 @@ async fn run_sweep(
         verify: options.verify,
         measure_bytes: options.measure_bytes,
     };
-    let max_age = options.max_age.as_duration();
     let bucket: Arc<str> = options.bucket.as_str().into();
-
-    // The next page is fetched while the current one is still being aborted, so that aborts never
-    // wait on a listing request (on Ceph RGW a 1,000-upload page takes long enough to matter);
-    // fetching stops while a full page is pending. Memory therefore stays at two pages and
-    // `concurrency` aborts, whatever the bucket holds.
+    let requests = Arc::new(requests::Requests::new(options.retry, options.concurrency));
+    let mut state = run::RunState::new(options, jiff::Timestamp::now());
     let pages = listing::pages(
         client,
+        &requests,
         &options.bucket,
         options.prefix.as_deref(),
         options.page_size,
     );
     let mut pages = std::pin::pin!(pages);
-    let page_capacity = usize::try_from(options.page_size).unwrap_or(1).max(1);
-    let mut pending: VecDeque<ListedUpload> = VecDeque::new();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, (ListedUpload, UploadOutcome)>> =
         FuturesUnordered::new();
-    let mut listing_done = false;
-    let mut stop = None;
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let deadline = tokio::time::sleep(options.timeout);
+    let mut deadline = std::pin::pin!(deadline);
     loop {
-        while in_flight.len() < options.concurrency {
-            let Some(upload) = pending.pop_front() else {
-                break;
-            };
-            in_flight.push(dispose(
-                client.clone(),
-                bucket.clone(),
+        while let Some(upload) = state.next_upload(in_flight.len(), requests.concurrency_limit()) {
+            let target = Disposal {
+                client: client.clone(),
+                requests: requests.clone(),
+                bucket: bucket.clone(),
                 upload,
-                options.dry_run,
-                abort_options,
-            ));
+            };
+            in_flight.push(target.run(options.dry_run, abort_options));
         }
-        let want_page = !listing_done && pending.len() < page_capacity;
-        if !want_page && in_flight.is_empty() {
+        if state.is_finished(in_flight.len()) {
             break;
         }
         tokio::select! {
-            page = pages.next(), if want_page => match page {
-                None => listing_done = true,
-                Some(Err(err)) => {
-                    listing_done = true;
-                    stop = Some(SweepStop::ListingFailed(err));
-                }
+            page = pages.next(), if state.wants_page() => match page {
+                None => state.on_listing_end(),
+                Some(Err(err)) => state.on_listing_failed(err),
                 Some(Ok(page)) => {
-                    let server_now = page.server_time.unwrap_or_else(now_local);
-                    if page.server_time.is_none() {
-                        tracing::debug!("listing response had no Date header; ages use the local clock");
-                    }
-                    summary.found += page.uploads.len() as u64;
-                    for upload in &page.uploads {
-                        if upload.initiated.is_none() {
-                            summary.skipped += 1;
-                        } else if is_stale(upload.initiated, server_now, max_age) {
-                            summary.stale += 1;
-                            pending.push_back(upload.clone());
-                        }
-                    }
-                    observer.page_listed(&page.uploads, &summary);
+                    let uploads = page.uploads.clone();
+                    state.on_page(page, now_local());
+                    state.summary.throttled = requests.throttled();
+                    observer.page_listed(&uploads, &state.summary);
                 }
             },
             Some((upload, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                summary.record(&upload, &outcome);
-                if let UploadOutcome::Failed(err) = &outcome {
-                    tracing::warn!(key = %upload.key, upload_id = %upload.upload_id, error = %err, "abort failed");
-                    if matches!(err.kind, S3ErrorKind::Unreachable | S3ErrorKind::Timeout) && stop.is_none() {
-                        listing_done = true;
-                        pending.clear();
-                        stop = Some(SweepStop::ServerUnreachable(err.clone()));
-                    }
-                }
-                observer.upload_handled(&upload, &outcome, &summary);
+                state.on_handled(&upload, &outcome);
+                state.summary.throttled = requests.throttled();
+                observer.upload_handled(&upload, &outcome, &state.summary);
             }
-            _ = cancel.cancelled(), if drain_deadline.is_none() => {
-                // Stop listing and launching; the aborts already in flight may still finish. A
-                // listing that failed before stays the reason the sweep stopped.
-                drain_deadline = Some(tokio::time::Instant::now() + options.drain_timeout);
-                if !listing_done || !pending.is_empty() {
-                    stop.get_or_insert(SweepStop::Cancelled);
-                }
-                listing_done = true;
-                pending.clear();
+            _ = cancel.cancelled(), if !state.is_winding_down() => {
+                state.on_cancel(tokio::time::Instant::now());
             }
-            // An async block, so that no timer is made on the iterations before a cancel.
+            _ = &mut deadline, if !state.is_winding_down() => {
+                state.on_deadline(tokio::time::Instant::now());
+            }
+            // An async block, so that no drain timer is made before winding down.
             _ = async {
-                if let Some(deadline) = drain_deadline {
-                    tokio::time::sleep_until(deadline).await;
+                if let Some(until) = state.drain_deadline() {
+                    tokio::time::sleep_until(until).await;
                 }
-            }, if drain_deadline.is_some() => {
-                // Their outcome is unknown: the next sweep lists them again if they survived.
-                tracing::warn!(left = in_flight.len(), "aborts in flight did not finish in time after the cancel; leaving them");
-                stop.get_or_insert(SweepStop::Cancelled);
+            }, if state.is_winding_down() => {
+                state.on_drain_expired(in_flight.len());
                 break;
             }
         }
     }
-    summary.completion_time = jiff::Timestamp::now();
-    SweepOutcome { summary, stop }
+    state.finish(requests.throttled(), jiff::Timestamp::now())
 }
 
-/// Handles one stale upload; owned arguments keep the future 'static for spawned callers.
-fn dispose(
+/// One stale upload to handle; owned, so that its future is 'static for spawned callers.
+struct Disposal {
     client: Client,
+    requests: Arc<requests::Requests>,
     bucket: Arc<str>,
     upload: ListedUpload,
-    dry_run: bool,
-    options: AbortOptions,
-) -> BoxFuture<'static, (ListedUpload, UploadOutcome)> {
-    async move {
-        let outcome = if dry_run {
-            UploadOutcome::WouldAbort
-        } else {
-            abort::abort_upload(&client, &bucket, &upload, options).await
-        };
-        (upload, outcome)
+}
+
+impl Disposal {
+    fn run(
+        self,
+        dry_run: bool,
+        options: AbortOptions,
+    ) -> BoxFuture<'static, (ListedUpload, UploadOutcome)> {
+        async move {
+            let outcome = if dry_run {
+                UploadOutcome::WouldAbort
+            } else {
+                let target = abort::AbortTarget {
+                    client: &self.client,
+                    requests: &self.requests,
+                    bucket: &self.bucket,
+                    upload: &self.upload,
+                };
+                abort::abort_upload(&target, options).await
+            };
+            (self.upload, outcome)
+        }
+        .boxed()
     }
-    .boxed()
 }
 
 /// Stale means strictly older than the limit by the given clock; an upload dated in the future
@@ -409,6 +410,38 @@ mod tests {
         assert_eq!(summary.bytes_freed, Some(10));
         assert_eq!(summary.failures.len(), MAX_FAILURE_EXAMPLES);
         assert_eq!(summary.failures[0].code, "AccessDenied");
+        summary.record(
+            &upload,
+            &UploadOutcome::Aborted {
+                bytes: Some(u64::MAX),
+            },
+        );
+        assert_eq!(
+            summary.bytes_freed,
+            Some(u64::MAX),
+            "saturates, never wraps"
+        );
+    }
+
+    #[test]
+    fn failure_examples_show_server_names_escaped_and_cut() {
+        let options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
+        let mut summary = SweepSummary::empty(&options, jiff::Timestamp::now());
+        let upload = ListedUpload {
+            key: format!("k\u{1b}]0;pwned\u{7}{}", "x".repeat(2000)),
+            upload_id: "id\u{9b}31m".into(),
+            initiated: None,
+        };
+        let err = S3Error::new(S3ErrorKind::ServerError, None, "failed");
+        summary.record(&upload, &UploadOutcome::Failed(err));
+        let example = &summary.failures[0];
+        assert!(
+            example.key.starts_with("k\\x1b]0;pwned\\x07xxx"),
+            "{}",
+            example.key
+        );
+        assert!(example.key.len() < 300);
+        assert_eq!(example.upload_id, "id\\x9b31m");
     }
 
     #[test]
@@ -439,7 +472,9 @@ mod tests {
                 "prefix",
                 "skipped",
                 "stale",
-                "startTime"
+                "startTime",
+                "throttled",
+                "warnings"
             ]
         );
         assert_eq!(json["bytesFreed"], serde_json::Value::Null);
@@ -457,6 +492,9 @@ mod tests {
         options.page_size = 1001;
         assert!(options.validate().is_err());
         options.page_size = 1;
+        options.timeout = Duration::ZERO;
+        assert!(options.validate().is_err());
+        options.timeout = DEFAULT_TIMEOUT;
         options.bucket = " ".into();
         assert!(options.validate().is_err());
     }

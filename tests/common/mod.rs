@@ -3,7 +3,7 @@
 //! `MPU_TEST_REQUIRE_BED=1` (set by `.ci/run` and the README's test command) makes it fail.
 #![allow(dead_code)]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +15,7 @@ use futures::StreamExt;
 use mpu_sweeper::sweep::{AddressingStyle, CredentialSource, S3Settings};
 
 pub mod cluster;
+pub mod fault_proxy;
 
 /// Uploads created before waiting `AGE_WAIT` are older than `MAX_AGE`; uploads created just
 /// before a sweep are younger (the margin covers servers that store whole seconds).
@@ -280,6 +281,8 @@ pub struct CliRun {
     pub status: i32,
     pub stdout: String,
     pub stderr: String,
+    /// The process's peak resident memory (getrusage's ru_maxrss), in KiB.
+    pub max_rss_kib: u64,
 }
 
 impl CliRun {
@@ -309,33 +312,56 @@ pub fn run_cli(server: &Server, args: &[&str], extra_env: &[(&str, &str)]) -> Cl
     for (name, value) in extra_env {
         command.env(name, value);
     }
-    let output = run_with_deadline(command, Duration::from_secs(180));
-    CliRun {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    run_with_deadline(command, Duration::from_secs(180))
 }
 
 /// A hang guard, not a timing assertion: a command still running after `deadline` is killed and the
-/// test fails.
-fn run_with_deadline(mut command: Command, deadline: Duration) -> Output {
-    let child = command
+/// test fails. The child is reaped with wait4, which also reports its peak memory.
+fn run_with_deadline(mut command: Command, deadline: Duration) -> CliRun {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped below with wait4, which also reports its rusage"
+    )]
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn mpu-sweeper");
     let pid = child.id();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
+        let mut status = 0;
+        // SAFETY: rusage is plain data; wait4 fills it for the child it reaps.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        let _ = tx.send((reaped, status, usage.ru_maxrss));
     });
-    match rx.recv_timeout(deadline) {
-        Ok(output) => output.expect("wait for mpu-sweeper"),
+    let (reaped, status, max_rss) = match rx.recv_timeout(deadline) {
+        Ok(result) => result,
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             panic!("mpu-sweeper did not exit within {deadline:?}");
         }
+    };
+    assert_eq!(reaped, pid as libc::pid_t, "wait4 failed");
+    CliRun {
+        status: std::process::ExitStatus::from_raw(status)
+            .code()
+            .unwrap_or(-1),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        max_rss_kib: u64::try_from(max_rss).unwrap_or(0),
     }
 }
 
