@@ -8,28 +8,9 @@ use std::time::Duration;
 use common::cluster::*;
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use mpu_sweeper::api::MultipartCleanup;
-
-async fn events_for(client: &Client, namespace: &str, name: &str) -> Vec<(String, String, String)> {
-    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-    api.list(&ListParams::default())
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default(),
-            )
-        })
-        .collect()
-}
 
 async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: serde_json::Value) {
     let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);

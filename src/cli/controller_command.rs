@@ -63,6 +63,14 @@ pub struct ControllerArgs {
     /// Sweeps running at once across all resources.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     max_concurrent_sweeps: u16,
+
+    /// Seconds to wait for a TCP/TLS connection to an S3 endpoint.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    s3_connect_timeout: u64,
+
+    /// Seconds one S3 request attempt may take before it is retried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    s3_request_timeout: u64,
 }
 
 pub async fn run(args: ControllerArgs) -> u8 {
@@ -129,7 +137,10 @@ pub async fn run(args: ControllerArgs) -> u8 {
         scope: Scope::from_namespaces(&args.namespaces),
         max_concurrent_sweeps: args.max_concurrent_sweeps,
         identity,
-        limits: Limits::default(),
+        limits: Limits {
+            connect_timeout: Duration::from_secs(args.s3_connect_timeout),
+            attempt_timeout: Duration::from_secs(args.s3_request_timeout),
+        },
     };
     let controller = controller::run(client, config, metrics.clone(), ready, stop.clone());
     // The lease is renewed until the controller has wound down (aborts in flight finished, status

@@ -448,6 +448,18 @@ fn counts_text(run: &RunSummary) -> String {
     if let Some(bytes) = run.bytes_freed {
         text.push_str(&format!(", {bytes} bytes freed"));
     }
+    if run.skipped > 0 {
+        text.push_str(&format!(
+            "; {} skipped (listed without a usable initiation time)",
+            run.skipped
+        ));
+    }
+    if run.throttled > 0 {
+        text.push_str(&format!(
+            "; the server throttled {} requests, which were retried more slowly",
+            run.throttled
+        ));
+    }
     text
 }
 

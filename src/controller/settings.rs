@@ -138,6 +138,7 @@ pub async fn s3_settings(
         },
         limits: limits.clone(),
         time_source: None,
+        http_client: None,
     };
     settings.validate().map_err(|e| {
         let reason = match e {

@@ -11,6 +11,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_smithy_async::time::SharedTimeSource;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 use super::body_cap::{BodyCap, MAX_ANSWER_BYTES};
 
@@ -83,6 +84,9 @@ pub struct S3Settings {
     /// Overrides the wall clock used for signing and for the local-clock fallback; tests use it to
     /// play a node whose clock is wrong.
     pub time_source: Option<SharedTimeSource>,
+    /// Replaces the HTTPS client (and its trust roots); the fuzz targets answer from memory
+    /// through it.
+    pub http_client: Option<SharedHttpClient>,
 }
 
 impl Default for S3Settings {
@@ -95,6 +99,7 @@ impl Default for S3Settings {
             credentials: CredentialSource::default(),
             limits: Limits::default(),
             time_source: None,
+            http_client: None,
         }
     }
 }
@@ -158,10 +163,13 @@ impl S3Settings {
             .with_trust_store(trust_store)
             .build()
             .map_err(|e| SettingsError::CaBundle(e.to_string()))?;
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .tls_context(tls_context)
-            .build_https();
+        let http_client = match &self.http_client {
+            Some(client) => client.clone(),
+            None => aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                .tls_context(tls_context)
+                .build_https(),
+        };
 
         let limits = &self.limits;
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
