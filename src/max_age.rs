@@ -34,6 +34,11 @@ impl MaxAge {
     }
 }
 
+/// A duration in the same syntax, rounded down to whole seconds; `0s` when shorter than one.
+pub fn format_duration(duration: Duration) -> String {
+    MaxAge::from_secs(duration.as_secs()).map_or_else(|| "0s".to_owned(), |d| d.to_string())
+}
+
 /// A positive duration in the same syntax (`--timeout`, `spec.timeout`).
 pub fn parse_duration(text: &str) -> Result<Duration, MaxAgeError> {
     text.parse::<MaxAge>().map(MaxAge::as_duration)

@@ -25,6 +25,9 @@ const CAPS: &[(&str, LevelFilter)] = &[
     ("aws_config", LevelFilter::INFO),
     ("aws_smithy_runtime", LevelFilter::INFO),
     ("aws_smithy_runtime_api", LevelFilter::INFO),
+    // Request IDs as the server sent them, and profile values.
+    ("aws_sdk_s3", LevelFilter::INFO),
+    ("aws_runtime", LevelFilter::INFO),
 ];
 
 /// What the user asked for: `RUST_LOG` if set, else `default_level` for this crate and `warn`

@@ -34,11 +34,13 @@ pub fn safe(text: &str, max_bytes: usize) -> String {
 
 /// Characters shown as escapes: C0 and C1 controls, DEL, and the invisible formatting characters
 /// that can make a line read differently from what it holds (bidirectional overrides and
-/// isolates, zero-width characters, the byte-order mark). The backslash is escaped too, so that
-/// an escape in the output always means an escaped character.
+/// isolates, zero-width characters, line and paragraph separators, the byte-order mark). The
+/// backslash is escaped too, so that an escape in the output always means an escaped character,
+/// and so is the double quote, so that quoted server text cannot end its own quotes.
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || c == '\\'
+        || c == '"'
         || matches!(c,
             '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
@@ -47,6 +49,7 @@ fn needs_escape(c: char) -> bool {
 fn escape(c: char, out: &mut impl Write) -> fmt::Result {
     match c {
         '\\' => out.write_str("\\\\"),
+        '"' => out.write_str("\\\""),
         '\n' => out.write_str("\\n"),
         '\r' => out.write_str("\\r"),
         '\t' => out.write_str("\\t"),
@@ -58,8 +61,10 @@ fn escape(c: char, out: &mut impl Write) -> fmt::Result {
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut written = 0;
+        // One character's escape is at most 10 bytes (`\u{10ffff}`).
+        let mut piece = String::with_capacity(16);
         for (index, c) in self.text.char_indices() {
-            let mut piece = String::new();
+            piece.clear();
             if needs_escape(c) {
                 escape(c, &mut piece)?;
             } else {
@@ -105,13 +110,16 @@ mod tests {
 
     #[test]
     fn control_and_invisible_characters_are_escaped() {
-        let hostile = "a\u{1b}[31mred\u{7}\u{7f}\u{9b}2J\u{202e}txt.exe\\n\nend";
+        let hostile = "a\u{1b}[31mred\u{7}\u{7f}\u{9b}2J\u{202e}txt.exe\\n\nend\r\u{2028}\"";
         let out = safe(hostile, 1024);
         assert_eq!(
             out,
-            "a\\x1b[31mred\\x07\\x7f\\x9b2J\\u{202e}txt.exe\\\\n\\nend"
+            "a\\x1b[31mred\\x07\\x7f\\x9b2J\\u{202e}txt.exe\\\\n\\nend\\r\\u{2028}\\\""
         );
-        assert!(out.chars().all(|c| !needs_escape(c) || c == '\\'));
+        assert!(
+            out.chars()
+                .all(|c| !needs_escape(c) || c == '\\' || c == '"')
+        );
     }
 
     #[test]

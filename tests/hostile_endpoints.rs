@@ -415,6 +415,16 @@ async fn a_server_date_days_off_never_ages_young_uploads(server: Server) {
     assert_eq!(counts(&json), [6, 0, 0, 0, 0, 0]);
     assert!(json["warnings"].to_string().contains("behind"), "{json}");
     assert_eq!(scene.remaining().await.len(), 3 + YOUNG);
+    // Two days ahead again, with uploads old enough by this machine's clock: they go. The SDK
+    // signs each next request by the last answer's Date, so some aborts are first refused for
+    // a skewed clock; sent again, they pass.
+    scene.proxy.set_rules(vec![
+        Rule::on(Op::ListMultipartUploads).then(Action::Date(DateRewrite::OffsetSeconds(TWO_DAYS))),
+    ]);
+    let run = scene.sweep(&[]);
+    assert_eq!(run.status, 0, "stderr: {}", run.stderr);
+    assert_eq!(counts(&run.json()), [6, 3, 3, 0, 0, 0]);
+    scene.assert_only_young_left().await;
 }
 
 async fn uploads_dated_1970_or_undated_are_skipped(server: Server) {
@@ -483,37 +493,54 @@ fn megabyte_error(status: u16, code: &str) -> Action {
 
 async fn a_megabyte_error_message_is_cut(server: Server) {
     let scene = scene(server, "bigmsg", &[("big/", 2)]).await;
-    scene
-        .proxy
-        .add_rule(Rule::on(Op::AbortMultipartUpload).then(megabyte_error(500, "InternalError")));
-    let run = scene.sweep(&["--max-attempts", "2"]);
-    assert_eq!(run.status, 1, "stderr: {}", run.stderr);
-    let json = run.json();
-    assert_eq!(counts(&json), [5, 2, 0, 0, 2, 0]);
-    let message = json["failures"][0]["message"].as_str().unwrap();
-    assert!(
-        message.contains("the disk is on fire") && message.contains("more bytes)"),
-        "{message}"
-    );
-    assert!(message.len() < 600, "{}", message.len());
-    assert!(run.stdout.len() < 4096, "{}", run.stdout);
-
-    // The same on the listing: one short error line.
+    // On a listing (answers up to 4 MiB are read): the message is kept, cut to 256 bytes.
     scene.proxy.set_rules(vec![
         Rule::on(Op::ListMultipartUploads).then(megabyte_error(403, "AccessDenied")),
     ]);
     let run = scene.sweep(&[]);
     assert_eq!(run.status, 3, "stderr: {}", run.stderr);
-    assert!(error_line(&run).len() < 800, "{}", error_line(&run));
+    let error = error_line(&run);
+    assert!(
+        error.contains("the disk is on fire") && error.contains("more bytes)"),
+        "{error}"
+    );
+    assert!(error.len() < 800, "{error}");
     assert!(run.stderr.len() < 4096, "{}", run.stderr);
+
+    // On an abort, whose real answers are tiny, a megabyte is not even read.
+    scene.proxy.set_rules(vec![
+        Rule::on(Op::AbortMultipartUpload).then(megabyte_error(500, "InternalError")),
+    ]);
+    let run = scene.sweep(&[]);
+    assert_eq!(run.status, 1, "stderr: {}", run.stderr);
+    let json = run.json();
+    assert_eq!(counts(&json), [5, 2, 0, 0, 2, 0]);
+    let message = json["failures"][0]["message"].as_str().unwrap();
+    assert!(message.contains("larger than 64 KiB"), "{message}");
+    assert_eq!(
+        scene.proxy.count(Op::AbortMultipartUpload),
+        2,
+        "refused, not retried"
+    );
+    assert!(run.stdout.len() < 4096, "{}", run.stdout);
     assert_eq!(scene.remaining().await.len(), 2 + YOUNG);
 }
 
 /// Whether `text` holds anything a terminal would act on: C0/C1 controls other than newline,
 /// DEL, or the bidirectional overrides.
+/// Whether `text` holds anything a terminal would act on, or that would start a line of its own
+/// inside one: C0/C1 controls other than the newline, DEL, line and paragraph separators, the
+/// bidirectional overrides.
 fn has_terminal_controls(text: &str) -> bool {
-    text.chars()
-        .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+    text.chars().any(|c| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}')
+    })
+}
+
+/// Whether a line of `text` was forged by server text carrying a newline.
+fn has_forged_line(text: &str) -> bool {
+    text.lines().any(|line| line.starts_with("forged"))
 }
 
 async fn control_characters_from_the_server_are_escaped(server: Server) {
@@ -521,13 +548,13 @@ async fn control_characters_from_the_server_are_escaped(server: Server) {
     scene.proxy.set_rules(vec![
         Rule::on(Op::ListMultipartUploads).then(Action::Inject {
             key_prefix: "ansi/".into(),
-            key_suffix: Some("\u{1b}[31m\u{7}".into()),
-            upload_id_suffix: Some("\u{1b}]0;owned\u{7}\u{202e}".into()),
+            key_suffix: Some("\u{1b}[31m\u{7}\r\nforged: key".into()),
+            upload_id_suffix: Some("\u{1b}]0;owned\u{7}\u{202e}\u{2028}".into()),
         }),
         Rule::on(Op::AbortMultipartUpload).then(Action::Error {
             status: 500,
             code: Some("Internal\u{1b}[2JError".into()),
-            message: Some("\u{1b}[2J\u{9b}1mcleared\u{202e}".into()),
+            message: Some("\u{1b}[2J\u{9b}1mcleared\u{202e}\nforged: message".into()),
             message_bytes: None,
         }),
     ]);
@@ -544,6 +571,12 @@ async fn control_characters_from_the_server_are_escaped(server: Server) {
             "{output}: {:?}",
             run.stderr
         );
+        assert!(
+            !has_forged_line(&run.stdout) && !has_forged_line(&run.stderr),
+            "{output}: {}\n{}",
+            run.stdout,
+            run.stderr
+        );
         // What was escaped is still there to read.
         let shown = if output == "json" {
             let failure = &run.json()["failures"][0];
@@ -553,13 +586,16 @@ async fn control_characters_from_the_server_are_escaped(server: Server) {
         } else {
             run.stdout.clone()
         };
-        assert!(shown.contains("\\x1b[31m\\x07"), "{output}: {shown}");
         assert!(
-            shown.contains("\\x1b]0;owned\\x07\\u{202e}"),
+            shown.contains("\\x1b[31m\\x07\\r\\nforged: key"),
             "{output}: {shown}"
         );
         assert!(
-            shown.contains("\\x1b[2J\\x9b1mcleared\\u{202e}"),
+            shown.contains("\\x1b]0;owned\\x07\\u{202e}\\u{2028}"),
+            "{output}: {shown}"
+        );
+        assert!(
+            shown.contains("\\x1b[2J\\x9b1mcleared\\u{202e}\\nforged: message"),
             "{output}: {shown}"
         );
         assert!(

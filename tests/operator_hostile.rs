@@ -218,7 +218,7 @@ fn cases() -> Vec<Case> {
                         .bucket(bucket)
                         .then(Action::Inject {
                             key_prefix: String::new(),
-                            key_suffix: Some("\u{1b}[31m".into()),
+                            key_suffix: Some("\u{1b}[31m\r\nforged".into()),
                             upload_id_suffix: Some("\u{7}\u{202e}".into()),
                         }),
                     Rule::on(Op::AbortMultipartUpload)
@@ -309,7 +309,7 @@ async fn each_fault_shows_in_its_resource_and_no_other() {
         eprintln!("{}: {:?} {:?}", case.name, condition(&status, "Ready"), run);
         for text in texts_of(&status) {
             assert!(!has_terminal_controls(&text), "{}: {text:?}", case.name);
-            assert!(text.len() <= 1024, "{}: {} bytes", case.name, text.len());
+            assert!(text.len() < 1024, "{}: {} bytes", case.name, text.len());
         }
         statuses.push(status);
     }
@@ -418,6 +418,15 @@ async fn each_fault_shows_in_its_resource_and_no_other() {
     for (_, _, note) in events {
         assert!(!has_terminal_controls(&note), "{note:?}");
     }
+
+    // Its logs show server text escaped too.
+    let log = controller.log();
+    assert!(log.contains("abort failed"), "{log}");
+    assert!(
+        !log.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters in the controller's log"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("forged")), "{log}");
 
     // The controller read a 300 MB page without holding it, and is still serving.
     let peak = peak_rss_kib(controller.pid());

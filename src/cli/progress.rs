@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::sweep::{ListedUpload, SweepObserver, SweepSummary, UploadOutcome};
-use crate::text;
 
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -62,7 +61,7 @@ impl SweepObserver for Progress {
         outcome: &UploadOutcome,
         summary: &SweepSummary,
     ) {
-        tracing::debug!(key = %text::name(&upload.key), upload_id = %text::name(&upload.upload_id), ?outcome, "upload handled");
+        tracing::debug!(upload = %upload, ?outcome, "upload handled");
         self.update(summary);
     }
 }

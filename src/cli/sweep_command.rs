@@ -227,8 +227,8 @@ fn stop_message(outcome: &SweepOutcome, bucket: &str, where_: &str) -> Option<St
             outcome.summary.found
         ),
         SweepStop::DeadlineExceeded(limit) => format!(
-            "the run's time limit (--timeout {}) passed after {} uploads were listed; the counts say what was done, and the next run continues",
-            MaxAge::from_secs(limit.as_secs()).map_or_else(|| "0s".to_owned(), |a| a.to_string()),
+            "the run's time limit (--timeout {}) passed after {} uploads were listed; the counts say what was done (a new run lists the bucket again from the start)",
+            crate::max_age::format_duration(*limit),
             outcome.summary.found
         ),
         SweepStop::Cancelled => "interrupted before the listing was complete".to_owned(),

@@ -5,8 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::text;
 
-/// The longest condition message written; the rest is cut.
-pub const MESSAGE_MAX_BYTES: usize = 1024;
+/// The longest condition message written, under 1 KiB; the rest is cut.
+pub const MESSAGE_MAX_BYTES: usize = 1000;
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";

@@ -23,7 +23,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION, RunSummary};
-use crate::max_age::MaxAge;
 use crate::metrics::{Metrics, ResourceLabels};
 use crate::sweep::{self, Limits, NoProgress, S3ErrorKind, SweepOutcome, SweepStop};
 use crate::text;
@@ -73,6 +72,8 @@ struct Context {
     limits: Limits,
     /// The watches' caches (one per watched namespace, or one for all).
     stores: Vec<Store<MultipartCleanup>>,
+    /// Final statuses of finished runs that could not be written, by resource UID.
+    unwritten: std::sync::Mutex<std::collections::HashMap<String, MultipartCleanupStatus>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,7 @@ pub async fn run(
         sweep_slots: tokio::sync::Semaphore::new(usize::from(config.max_concurrent_sweeps.max(1))),
         limits: config.limits.clone(),
         stores: stores.clone(),
+        unwritten: Default::default(),
     });
     let runs = controllers.into_iter().map(|controller| {
         controller
@@ -169,7 +171,7 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     };
     let now = Timestamp::now();
-    let old = mpc.status.clone().unwrap_or_default();
+    let old = recover_unwritten_status(&api, &mpc, &ctx).await?;
     let mut status = old.clone();
     status.observed_generation = mpc.metadata.generation;
     let generation = mpc.metadata.generation;
@@ -205,28 +207,25 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     // Still "Running" in a fresh read: no controller is sweeping it (a sweep holds its
     // resource's reconcile until it ends), so the run was lost with the process that ran it. It
     // counts as a failed run, so that a sweep that kills its controller (out of memory, say)
-    // is retried with backoff instead of at every restart.
+    // is retried with backoff instead of at every restart; the decision below starts from that.
+    let mut before = old.clone();
     if conditions::ready_reason(&old.conditions) == Some(conditions::RUNNING) {
-        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-        let retry_in = backoff(status.consecutive_failures);
-        let retry = now + retry_in;
-        status.next_run_time = Some(Time(retry));
-        set_health(&mut status, &lost_run_health(retry_in), generation, now);
-        write_status(&api, &mpc, &old, &status, &ctx).await?;
-        return Ok(requeue_at(retry, now));
+        record_lost_run(&mut status, generation, now);
+        before = status.clone();
+        before.observed_generation = old.observed_generation;
     }
 
     let run_request = mpc.annotations().get(RUN_REQUESTED_ANNOTATION).cloned();
-    let requested = run_request.is_some() && run_request != old.last_handled_run_request;
+    let requested = run_request.is_some() && run_request != before.last_handled_run_request;
     let due = next_due(
         &plan.schedule,
-        &old,
-        old.observed_generation != generation,
+        &before,
+        before.observed_generation != generation,
         now,
     );
     if !requested && due > now {
         status.next_run_time = Some(Time(due));
-        if let Some(health) = health_while_waiting(&old) {
+        if let Some(health) = health_while_waiting(&before) {
             set_health(&mut status, &health, generation, now);
         }
         write_status(&api, &mpc, &old, &status, &ctx).await?;
@@ -252,7 +251,7 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
         Ok(settings) => settings,
         Err(problem) => {
             ctx.metrics.run_not_started(&labels);
-            status.consecutive_failures += 1;
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
             let retry = now + backoff(status.consecutive_failures);
             status.next_run_time = Some(Time(retry));
             set_health(
@@ -332,8 +331,14 @@ async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<A
     };
     status.next_run_time = Some(Time(next));
     set_health(&mut status, &verdict.health, generation, completed);
-    // Losing this write would lose the run's counts and sweep the bucket again: try harder.
-    retried(|| write_status(&api, &mpc, &before_run, &status, &ctx)).await?;
+    // Losing this write would lose the run's counts and sweep the bucket again: try harder,
+    // and if the API server stays away, keep it for the next reconcile.
+    if let Err(err) = retried(|| write_status(&api, &mpc, &before_run, &status, &ctx)).await {
+        if let Some(uid) = mpc.metadata.uid.clone() {
+            lock(&ctx.unwritten).insert(uid, status.clone());
+        }
+        return Err(err);
+    }
     publish(
         &ctx,
         &mpc,
@@ -370,16 +375,45 @@ async fn cancel_on_change(
     }
 }
 
-/// The health of a resource whose run was lost with its controller.
-fn lost_run_health(retry_in: SignedDuration) -> Health {
-    Health::not_ready(
+/// Counts a run lost with its controller as a failed one, retried after the backoff.
+fn record_lost_run(status: &mut MultipartCleanupStatus, generation: Option<i64>, now: Timestamp) {
+    status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+    let retry_in = backoff(status.consecutive_failures);
+    status.next_run_time = Some(Time(now + retry_in));
+    let health = Health::not_ready(
         "Interrupted",
         format!(
             "the last run did not finish: the controller running it stopped in the middle (killed, out of memory or crashed); retrying in {}s",
             retry_in.as_secs()
         ),
         false,
-    )
+    );
+    set_health(status, &health, generation, now);
+}
+
+/// The resource's status, with the last run's final status written first if this controller
+/// could not write it before (the API server was away): a run that ended must not read as one
+/// that was lost.
+async fn recover_unwritten_status(
+    api: &Api<MultipartCleanup>,
+    mpc: &MultipartCleanup,
+    ctx: &Context,
+) -> Result<MultipartCleanupStatus, Error> {
+    let stored = mpc.status.clone().unwrap_or_default();
+    let Some(uid) = mpc.metadata.uid.as_deref() else {
+        return Ok(stored);
+    };
+    let unwritten = lock(&ctx.unwritten).get(uid).cloned();
+    let Some(unwritten) = unwritten else {
+        return Ok(stored);
+    };
+    write_status(api, mpc, &stored, &unwritten, ctx).await?;
+    lock(&ctx.unwritten).remove(uid);
+    Ok(unwritten)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// When the next sweep is due, from the status as it was before this reconcile.
@@ -500,10 +534,9 @@ fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
             }
         }
         Some(SweepStop::DeadlineExceeded(limit)) => {
-            let limit =
-                MaxAge::from_secs(limit.as_secs()).map_or_else(String::new, |a| a.to_string());
+            let limit = crate::max_age::format_duration(*limit);
             let message = format!(
-                "the run's time limit (spec.timeout {limit}) passed after listing {} uploads ({counts}); the next run continues; raise spec.timeout if the bucket needs longer",
+                "the run's time limit (spec.timeout {limit}) passed after listing {} uploads ({counts}); the next run lists the bucket again from the start; raise spec.timeout if listing it takes longer",
                 s.found
             );
             Verdict {
@@ -694,6 +727,7 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::max_age::MaxAge;
     use crate::schedule::Schedule;
     use crate::sweep::{S3Error, SweepOptions, SweepSummary};
 

@@ -17,8 +17,14 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::error::AnswerTooLarge;
 
-/// A real 1,000-upload page with 1 KiB keys is about 1.5 MB, and error bodies are tiny.
+/// The cap on any answer, set on the client: a real 1,000-upload listing page with 1 KiB keys is
+/// about 1.5 MB.
 pub const MAX_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
+/// The cap on answers that are tiny when real (an abort's, an error's, a one-part ListParts),
+/// set per request, so that the aborts in flight cannot hold megabytes each.
+pub const MAX_SMALL_ANSWER_BYTES: u64 = 64 * 1024;
+/// The cap on a ListParts page of 1,000 parts (about 250 KB when real).
+pub const MAX_PARTS_PAGE_BYTES: u64 = 1024 * 1024;
 
 /// Refuses answers larger than `limit`: at once when `Content-Length` says so, otherwise as soon
 /// as the body streams past it.

@@ -1,17 +1,18 @@
-//! How many aborts a run keeps in flight: additive increase, multiplicative decrease (as TCP
-//! does), between 1 and the configured concurrency. A throttling or failing server halves it; each
-//! success adds a little, so a full window of successes adds one.
+//! How many requests a run keeps in flight: additive increase, multiplicative decrease (as TCP
+//! does), between 1 and the configured concurrency. A throttling or failing server halves it;
+//! each success adds a little, so a full window of successes adds one.
+
+/// Which decrease a request was sent after; see [`Aimd::on_congestion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Epoch(u64);
 
 /// The concurrency limit of one run.
 #[derive(Debug, Clone)]
 pub struct Aimd {
     limit: f64,
     max: f64,
-    /// Answers since the last decrease; a new decrease waits for a full window of them, so that
-    /// one burst of throttled answers to requests sent together halves the limit once, not
-    /// once per answer.
-    answers_since_decrease: u64,
-    decreased: bool,
+    /// Decreases so far.
+    epoch: Epoch,
 }
 
 impl Aimd {
@@ -21,8 +22,7 @@ impl Aimd {
         Self {
             limit: max,
             max,
-            answers_since_decrease: 0,
-            decreased: false,
+            epoch: Epoch(0),
         }
     }
 
@@ -31,20 +31,24 @@ impl Aimd {
         (self.limit.floor() as usize).max(1)
     }
 
+    /// To be stamped on a request as it is sent.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
     pub fn on_success(&mut self) {
-        self.answers_since_decrease += 1;
         self.limit = (self.limit + 1.0 / self.limit).min(self.max);
     }
 
-    /// The server throttled or failed a request.
-    pub fn on_congestion(&mut self) {
-        self.answers_since_decrease += 1;
-        let window_passed = self.answers_since_decrease >= self.limit() as u64;
-        if !self.decreased || window_passed {
-            self.limit = (self.limit / 2.0).max(1.0);
-            self.answers_since_decrease = 0;
-            self.decreased = true;
+    /// The server throttled or failed a request sent in `sent_in`. Only requests sent after the
+    /// last decrease can cause another: the answers to requests sent together, before the server
+    /// was heard from, halve the limit once (TCP's once-per-round-trip rule), not once each.
+    pub fn on_congestion(&mut self, sent_in: Epoch) {
+        if sent_in < self.epoch {
+            return;
         }
+        self.limit = (self.limit / 2.0).max(1.0);
+        self.epoch = Epoch(self.epoch.0 + 1);
     }
 }
 
@@ -63,20 +67,23 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_of_throttles_halves_once_per_window() {
+    fn a_burst_of_throttles_halves_once_per_round_trip() {
         let mut limit = Aimd::new(16);
-        // Sixteen requests in flight all come back throttled: one halving, then one more per
-        // window of answers at the new limit.
-        for _ in 0..13 {
-            limit.on_congestion();
+        // Sixteen requests sent together all come back throttled: one halving.
+        let sent = limit.epoch();
+        for _ in 0..16 {
+            limit.on_congestion(sent);
         }
-        assert_eq!(
-            limit.limit(),
-            2,
-            "16 -> 8 (1 answer), -> 4 (8 more), -> 2 (4 more)"
-        );
+        assert_eq!(limit.limit(), 8);
+        // Requests sent after that decrease and throttled too: one more.
+        let sent = limit.epoch();
+        for _ in 0..8 {
+            limit.on_congestion(sent);
+        }
+        assert_eq!(limit.limit(), 4);
         for _ in 0..10 {
-            limit.on_congestion();
+            let sent = limit.epoch();
+            limit.on_congestion(sent);
         }
         assert_eq!(limit.limit(), 1, "never below one");
     }
@@ -84,7 +91,7 @@ mod tests {
     #[test]
     fn recovers_additively_after_throttling_stops() {
         let mut limit = Aimd::new(16);
-        limit.on_congestion();
+        limit.on_congestion(limit.epoch());
         assert_eq!(limit.limit(), 8);
         // About `limit` successes add one.
         for _ in 0..8 {

@@ -41,6 +41,9 @@ pub enum RetryClass {
     Transient,
     /// A timeout: as transient, but costlier for the budget (it held a connection for long).
     TimedOut,
+    /// The server refused the request's signing time. The SDK sets its signing clock by every
+    /// answer's `Date`, so sending it again succeeds; no backoff, no budget, no slowing down.
+    ClockSkew,
     /// Retrying cannot help.
     Final,
 }
@@ -57,6 +60,9 @@ pub struct S3Error {
     /// The HTTP status when the server answered.
     pub status: Option<u16>,
     pub message: String,
+    /// Whether the request may have reached the server (false when no connection was made), so
+    /// that a failed attempt may still have been carried out.
+    pub may_have_arrived: bool,
 }
 
 /// The longest error code any S3 server uses is about 40 characters.
@@ -69,6 +75,7 @@ impl S3Error {
             code,
             status: None,
             message: message.into(),
+            may_have_arrived: true,
         }
     }
 
@@ -118,13 +125,15 @@ impl S3Error {
                 "the request timed out (no complete answer within the attempt timeout)",
             ),
             SdkError::DispatchFailure(failure) => {
-                let detail = text::safe(&error_chain(err), text::SERVER_MESSAGE_MAX_BYTES);
+                let chain = error_chain(err);
+                let detail = text::safe(&chain, text::SERVER_MESSAGE_MAX_BYTES);
                 if failure.is_timeout() {
                     Self::new(
                         S3ErrorKind::Timeout,
                         None,
                         format!("connection timed out: {detail}"),
                     )
+                    .never_arrived()
                 } else if failure.is_user() && detail.to_ascii_lowercase().contains("credentials") {
                     Self::new(
                         S3ErrorKind::InvalidCredentials,
@@ -135,11 +144,16 @@ impl S3Error {
                         ),
                     )
                 } else if failure.is_io() {
-                    Self::new(
+                    let error = Self::new(
                         S3ErrorKind::Unreachable,
                         None,
                         format!("cannot reach the endpoint: {detail}"),
-                    )
+                    );
+                    if is_connect_failure(&chain) {
+                        error.never_arrived()
+                    } else {
+                        error
+                    }
                 } else {
                     Self::new(
                         S3ErrorKind::Other,
@@ -158,6 +172,11 @@ impl S3Error {
 
     fn with_status(mut self, status: Option<u16>) -> Self {
         self.status = status;
+        self
+    }
+
+    fn never_arrived(mut self) -> Self {
+        self.may_have_arrived = false;
         self
     }
 
@@ -191,11 +210,23 @@ impl S3Error {
             (Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem"), _)
             | (None, Some(403)) => AccessDenied,
             (
-                Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"),
+                Some(
+                    "SlowDown"
+                    | "Throttling"
+                    | "ThrottlingException"
+                    | "ThrottledException"
+                    | "RequestThrottled"
+                    | "RequestLimitExceeded"
+                    | "TooManyRequests"
+                    | "TooManyRequestsException"
+                    | "BandwidthLimitExceeded",
+                ),
                 _,
             )
-            | (_, Some(503)) => Throttled,
-            (Some("RequestTimeout"), _) => Timeout,
+            | (_, Some(429 | 503)) => Throttled,
+            // The server gave up waiting for the request (a slow or broken upload path): the
+            // request is fine and worth sending again, and the server is not unreachable.
+            (Some("RequestTimeout"), _) => ServerError,
             (_, Some(500..=599)) => ServerError,
             // A 404 without an S3 error code says nothing about what is missing (a proxy's
             // page, a wrong endpoint): it is not taken to mean "upload gone".
@@ -245,7 +276,7 @@ impl S3Error {
         // The SDK measures the server's clock on every answer and signs the next request by it,
         // so a request refused for a skewed clock succeeds when sent again.
         if self.code.as_deref() == Some("RequestTimeTooSkewed") {
-            return RetryClass::Transient;
+            return RetryClass::ClockSkew;
         }
         match self.kind {
             S3ErrorKind::Throttled => RetryClass::Throttled,
@@ -278,9 +309,32 @@ impl StdError for S3Error {}
 
 /// An answer body that went past the size cap (see `body_cap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the server's answer is larger than {} MiB", .limit / (1024 * 1024))]
+#[error("the server's answer is larger than {}", binary_size(*.limit))]
 pub struct AnswerTooLarge {
     pub limit: u64,
+}
+
+/// `4 MiB`, `64 KiB`: the caps are whole binary units.
+fn binary_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Whether a dispatch failure happened while connecting (refused, no route, name not resolved),
+/// so that the request never left. hyper-util names these "client error (Connect)".
+fn is_connect_failure(chain: &str) -> bool {
+    let chain = chain.to_ascii_lowercase();
+    [
+        "(connect)",
+        "connection refused",
+        "dns error",
+        "failed to lookup address",
+    ]
+    .iter()
+    .any(|sign| chain.contains(sign))
 }
 
 /// The first error of type `T` in the chain of `err`.
@@ -363,12 +417,14 @@ mod tests {
         };
         assert_eq!(class(503, Some("SlowDown")), RetryClass::Throttled);
         assert_eq!(class(500, Some("InternalError")), RetryClass::Transient);
-        assert_eq!(class(400, Some("RequestTimeout")), RetryClass::TimedOut);
+        assert_eq!(class(400, Some("RequestTimeout")), RetryClass::Transient);
+        assert_eq!(class(429, None), RetryClass::Throttled);
+        assert_eq!(class(400, Some("TooManyRequests")), RetryClass::Throttled);
         assert_eq!(class(403, Some("AccessDenied")), RetryClass::Final);
         assert_eq!(class(404, Some("NoSuchUpload")), RetryClass::Final);
         assert_eq!(
             class(403, Some("RequestTimeTooSkewed")),
-            RetryClass::Transient
+            RetryClass::ClockSkew
         );
     }
 

@@ -17,7 +17,7 @@ use aws_smithy_types::date_time::{DateTime, Format};
 use futures::Stream;
 
 use super::error::{S3Error, S3ErrorKind};
-use super::requests::Requests;
+use super::requests::{Lane, Requests};
 use crate::text;
 
 /// One incomplete multipart upload as listed.
@@ -29,10 +29,24 @@ pub struct ListedUpload {
     pub initiated: Option<SystemTime>,
 }
 
+impl std::fmt::Display for ListedUpload {
+    /// For logs: the key and upload ID as a server sent them, escaped and cut.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "key \"{}\" upload {}",
+            text::name(&self.key),
+            text::name(&self.upload_id)
+        )
+    }
+}
+
 /// One page of the listing.
 #[derive(Debug)]
 pub struct Page {
     pub uploads: Vec<ListedUpload>,
+    /// Entries listed without a key or an upload ID: nothing can be done with them.
+    pub unusable: u64,
     /// The server's clock when it answered, from its `Date` header.
     pub server_date: ServerDate,
 }
@@ -72,9 +86,9 @@ impl std::fmt::Display for Marker {
     }
 }
 
-/// Pages a listing may have before it is taken for a server that never ends it: a billion
-/// uploads at 1,000 a page. It also bounds the memory of [`SeenMarkers`] (about 32 MB).
-pub const MAX_PAGES: usize = 1_000_000;
+/// Pages a listing may have before it is taken for a server that never ends it: 100 million
+/// uploads at 1,000 a page. It also bounds the memory of [`SeenMarkers`] (about 4 MB).
+pub const MAX_PAGES: usize = 100_000;
 
 /// The markers a listing has handed out so far, as 128-bit keyed hashes (a server's markers can
 /// be long; their hashes are not), so that a marker seen before, on any earlier page, is caught.
@@ -175,9 +189,13 @@ struct PageQuery<'a> {
 impl PageQuery<'_> {
     /// One page and the marker of the next, if the listing goes on.
     async fn fetch(&self, marker: Option<&Marker>) -> Result<(Page, Option<Marker>), S3Error> {
-        let (output, server_date) = self.requests.send(|| self.request(marker)).await.result?;
-        let uploads: Vec<ListedUpload> = output
-            .uploads()
+        let (output, server_date) = self
+            .requests
+            .send(Lane::Listing, || self.request(marker))
+            .await
+            .result?;
+        let listed = output.uploads();
+        let uploads: Vec<ListedUpload> = listed
             .iter()
             .filter_map(|upload| {
                 Some(ListedUpload {
@@ -192,6 +210,7 @@ impl PageQuery<'_> {
         let next = next_marker(&output, uploads.last())?;
         Ok((
             Page {
+                unusable: (listed.len() - uploads.len()) as u64,
                 uploads,
                 server_date,
             },

@@ -246,6 +246,15 @@ pub fn sweep<'a>(
     run_sweep(client, options, observer, cancel).boxed()
 }
 
+/// What the driver waits for; each is handed to one method of [`run::RunState`].
+enum Event {
+    Page(Option<Result<listing::Page, S3Error>>),
+    Handled(ListedUpload, UploadOutcome),
+    Cancelled,
+    DeadlinePassed,
+    DrainExpired,
+}
+
 async fn run_sweep(
     client: &Client,
     options: &SweepOptions,
@@ -259,6 +268,7 @@ async fn run_sweep(
             .map_or_else(SystemTime::now, |t| t.now())
     };
     let abort_options = AbortOptions {
+        dry_run: options.dry_run,
         verify: options.verify,
         measure_bytes: options.measure_bytes,
     };
@@ -279,83 +289,58 @@ async fn run_sweep(
     let mut deadline = std::pin::pin!(deadline);
     loop {
         while let Some(upload) = state.next_upload(in_flight.len(), requests.concurrency_limit()) {
-            let target = Disposal {
+            let target = abort::AbortTarget {
                 client: client.clone(),
                 requests: requests.clone(),
                 bucket: bucket.clone(),
                 upload,
             };
-            in_flight.push(target.run(options.dry_run, abort_options));
+            in_flight.push(target.handle(abort_options).boxed());
         }
         if state.is_finished(in_flight.len()) {
             break;
         }
-        tokio::select! {
-            page = pages.next(), if state.wants_page() => match page {
-                None => state.on_listing_end(),
-                Some(Err(err)) => state.on_listing_failed(err),
-                Some(Ok(page)) => {
-                    let uploads = page.uploads.clone();
-                    state.on_page(page, now_local());
-                    state.summary.throttled = requests.throttled();
-                    observer.page_listed(&uploads, &state.summary);
-                }
-            },
+        let event = tokio::select! {
+            page = pages.next(), if state.wants_page() => Event::Page(page),
             Some((upload, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                state.on_handled(&upload, &outcome);
-                state.summary.throttled = requests.throttled();
-                observer.upload_handled(&upload, &outcome, &state.summary);
+                Event::Handled(upload, outcome)
             }
-            _ = cancel.cancelled(), if !state.is_winding_down() => {
-                state.on_cancel(tokio::time::Instant::now());
-            }
-            _ = &mut deadline, if !state.is_winding_down() => {
-                state.on_deadline(tokio::time::Instant::now());
-            }
+            _ = cancel.cancelled(), if !state.is_winding_down() => Event::Cancelled,
+            _ = &mut deadline, if !state.is_winding_down() => Event::DeadlinePassed,
             // An async block, so that no drain timer is made before winding down.
             _ = async {
                 if let Some(until) = state.drain_deadline() {
                     tokio::time::sleep_until(until).await;
                 }
-            }, if state.is_winding_down() => {
+            }, if state.is_winding_down() => Event::DrainExpired,
+        };
+        state.summary.throttled = requests.throttled();
+        match event {
+            Event::Page(None) => state.on_listing_end(),
+            Event::Page(Some(Err(err))) => state.on_listing_failed(err),
+            Event::Page(Some(Ok(page))) => {
+                state.on_page(&page, now_local());
+                observer.page_listed(&page.uploads, &state.summary);
+            }
+            Event::Handled(upload, outcome) => {
+                state.on_handled(&upload, &outcome);
+                observer.upload_handled(&upload, &outcome, &state.summary);
+            }
+            Event::Cancelled => {
+                state.on_cancel(tokio::time::Instant::now());
+                requests.wind_down();
+            }
+            Event::DeadlinePassed => {
+                state.on_deadline(tokio::time::Instant::now());
+                requests.wind_down();
+            }
+            Event::DrainExpired => {
                 state.on_drain_expired(in_flight.len());
                 break;
             }
         }
     }
     state.finish(requests.throttled(), jiff::Timestamp::now())
-}
-
-/// One stale upload to handle; owned, so that its future is 'static for spawned callers.
-struct Disposal {
-    client: Client,
-    requests: Arc<requests::Requests>,
-    bucket: Arc<str>,
-    upload: ListedUpload,
-}
-
-impl Disposal {
-    fn run(
-        self,
-        dry_run: bool,
-        options: AbortOptions,
-    ) -> BoxFuture<'static, (ListedUpload, UploadOutcome)> {
-        async move {
-            let outcome = if dry_run {
-                UploadOutcome::WouldAbort
-            } else {
-                let target = abort::AbortTarget {
-                    client: &self.client,
-                    requests: &self.requests,
-                    bucket: &self.bucket,
-                    upload: &self.upload,
-                };
-                abort::abort_upload(&target, options).await
-            };
-            (self.upload, outcome)
-        }
-        .boxed()
-    }
 }
 
 /// Stale means strictly older than the limit by the given clock; an upload dated in the future

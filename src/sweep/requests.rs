@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::congestion::Aimd;
+use tokio_util::sync::CancellationToken;
+
+use super::congestion::{Aimd, Epoch};
 use super::error::{RetryClass, S3Error};
 
 /// How failed requests are retried.
@@ -34,19 +36,29 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Tokens a run starts with; a retry after a failure costs [`RETRY_COST`] (a timeout twice
-/// that), a success gives one back. A server that fails most requests thus soon gets no
-/// retries, while one that fails now and then is retried for as long as the run lasts.
+/// Tokens a run starts with, for each [`Lane`]; a retry after a failure costs [`RETRY_COST`]
+/// (a timeout twice that), a success gives one back. A server that fails most requests thus soon
+/// gets no retries, while one that fails now and then is retried for as long as the run lasts.
 const BUDGET_TOKENS: u32 = 500;
 const RETRY_COST: u32 = 5;
+/// Attempts per request refused for a skewed signing clock; the second is signed by the server's.
+const MAX_CLOCK_SKEW_ATTEMPTS: u32 = 3;
+
+/// Which retry budget a request draws on: a storm of failing aborts must not leave the listing,
+/// which the whole run depends on, without retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Listing,
+    Uploads,
+}
 
 /// What a request came to.
 #[derive(Debug)]
 pub struct Sent<T> {
     pub result: Result<T, S3Error>,
-    /// An earlier attempt failed in a way that leaves open whether the server carried it out (a
-    /// timeout, a connection broken mid-answer, a 5xx): "no such upload" on a retried abort then
-    /// most likely means our own abort took.
+    /// An earlier attempt reached the server and failed in a way that leaves open whether the
+    /// server carried it out (a timeout, a connection broken mid-answer, a 5xx): "no such
+    /// upload" on a retried abort then most likely means our own abort took.
     pub maybe_applied_before: bool,
 }
 
@@ -54,18 +66,30 @@ pub struct Sent<T> {
 #[derive(Debug)]
 pub struct Requests {
     policy: RetryPolicy,
-    budget: Mutex<u32>,
+    budgets: Mutex<[u32; 2]>,
     limit: Mutex<Aimd>,
     throttled: AtomicU64,
+    /// Cancelled when the run winds down: no more retries, and backoffs end at once.
+    winding_down: CancellationToken,
+}
+
+/// What one request has been through so far.
+#[derive(Debug, Default)]
+struct Attempts {
+    failures: u32,
+    throttles: u32,
+    skews: u32,
+    maybe_applied: bool,
 }
 
 impl Requests {
     pub fn new(policy: RetryPolicy, max_concurrency: usize) -> Self {
         Self {
             policy,
-            budget: Mutex::new(BUDGET_TOKENS),
+            budgets: Mutex::new([BUDGET_TOKENS; 2]),
             limit: Mutex::new(Aimd::new(max_concurrency)),
             throttled: AtomicU64::new(0),
+            winding_down: CancellationToken::new(),
         }
     }
 
@@ -79,65 +103,99 @@ impl Requests {
         self.throttled.load(Ordering::Relaxed)
     }
 
-    /// Sends a request made by `attempt`, retrying as the policy and the budget allow.
-    pub async fn send<T, F, Fut>(&self, mut attempt: F) -> Sent<T>
+    /// The run stops: requests in flight get no further attempts, so that the drain is not
+    /// stretched by backoffs.
+    pub fn wind_down(&self) {
+        self.winding_down.cancel();
+    }
+
+    /// Sends a request made by `attempt`, retrying as the policy and the lane's budget allow.
+    pub async fn send<T, F, Fut>(&self, lane: Lane, mut attempt: F) -> Sent<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, S3Error>>,
     {
-        let mut failures = 0u32;
-        let mut throttles = 0u32;
-        let mut maybe_applied_before = false;
+        let mut so_far = Attempts::default();
         loop {
+            let epoch = lock(&self.limit).epoch();
             let error = match attempt().await {
                 Ok(value) => {
-                    self.on_success();
+                    self.on_success(lane);
                     return Sent {
                         result: Ok(value),
-                        maybe_applied_before,
+                        maybe_applied_before: so_far.maybe_applied,
                     };
                 }
                 Err(error) => error,
             };
-            let class = error.retry_class();
-            let retry = match class {
-                RetryClass::Final => false,
-                RetryClass::Throttled => {
-                    self.throttled.fetch_add(1, Ordering::Relaxed);
-                    lock(&self.limit).on_congestion();
-                    throttles += 1;
-                    throttles < self.policy.max_throttled_attempts
-                }
-                RetryClass::Transient | RetryClass::TimedOut => {
-                    lock(&self.limit).on_congestion();
-                    failures += 1;
-                    let cost = if class == RetryClass::TimedOut {
-                        2 * RETRY_COST
-                    } else {
-                        RETRY_COST
+            let retry = self.may_retry(lane, &error, epoch, &mut so_far);
+            let backoff = match retry {
+                Some(backoff) if !self.winding_down.is_cancelled() => backoff,
+                _ => {
+                    return Sent {
+                        result: Err(error),
+                        maybe_applied_before: so_far.maybe_applied,
                     };
-                    failures < self.policy.max_attempts && self.withdraw(cost)
                 }
             };
-            if !retry {
-                return Sent {
-                    result: Err(error),
-                    maybe_applied_before,
-                };
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.winding_down.cancelled() => {
+                    return Sent {
+                        result: Err(error),
+                        maybe_applied_before: so_far.maybe_applied,
+                    };
+                }
             }
-            maybe_applied_before |= class != RetryClass::Throttled;
-            tokio::time::sleep(self.backoff(failures + throttles)).await;
         }
     }
 
-    fn on_success(&self) {
+    /// Records a failed attempt; the backoff before the next one, or `None` for no retry.
+    fn may_retry(
+        &self,
+        lane: Lane,
+        error: &S3Error,
+        sent_in: Epoch,
+        so_far: &mut Attempts,
+    ) -> Option<Duration> {
+        let class = error.retry_class();
+        let retry = match class {
+            RetryClass::Final => false,
+            RetryClass::ClockSkew => {
+                so_far.skews += 1;
+                return (so_far.skews < MAX_CLOCK_SKEW_ATTEMPTS).then_some(Duration::ZERO);
+            }
+            RetryClass::Throttled => {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                lock(&self.limit).on_congestion(sent_in);
+                so_far.throttles += 1;
+                so_far.throttles < self.policy.max_throttled_attempts
+            }
+            RetryClass::Transient | RetryClass::TimedOut => {
+                lock(&self.limit).on_congestion(sent_in);
+                so_far.failures += 1;
+                so_far.maybe_applied |= error.may_have_arrived;
+                let cost = if class == RetryClass::TimedOut {
+                    2 * RETRY_COST
+                } else {
+                    RETRY_COST
+                };
+                so_far.failures < self.policy.max_attempts && self.withdraw(lane, cost)
+            }
+        };
+        retry.then(|| self.backoff(so_far.failures + so_far.throttles))
+    }
+
+    fn on_success(&self, lane: Lane) {
         lock(&self.limit).on_success();
-        let mut budget = lock(&self.budget);
+        let mut budgets = lock(&self.budgets);
+        let budget = &mut budgets[lane as usize];
         *budget = (*budget + 1).min(BUDGET_TOKENS);
     }
 
-    fn withdraw(&self, cost: u32) -> bool {
-        let mut budget = lock(&self.budget);
+    fn withdraw(&self, lane: Lane, cost: u32) -> bool {
+        let mut budgets = lock(&self.budgets);
+        let budget = &mut budgets[lane as usize];
         if *budget < cost {
             return false;
         }
@@ -183,7 +241,7 @@ mod tests {
     async fn flaky(requests: &Requests, kind: S3ErrorKind, failures: u32) -> Sent<u32> {
         let calls = AtomicU32::new(0);
         requests
-            .send(|| {
+            .send(Lane::Uploads, || {
                 let n = calls.fetch_add(1, Ordering::Relaxed);
                 async move {
                     if n < failures {
@@ -241,7 +299,7 @@ mod tests {
         for _ in 0..60 {
             let calls = AtomicU32::new(0);
             let _ = requests
-                .send(|| {
+                .send(Lane::Uploads, || {
                     calls.fetch_add(1, Ordering::Relaxed);
                     async { Err::<(), _>(failure(S3ErrorKind::ServerError)) }
                 })
@@ -256,6 +314,111 @@ mod tests {
         }
         let sent = flaky(&requests, S3ErrorKind::ServerError, 1).await;
         assert_eq!(sent.result.unwrap(), 2, "successes paid for one more retry");
+    }
+
+    #[tokio::test]
+    async fn the_listing_keeps_its_retries_when_the_aborts_used_theirs_up() {
+        let requests = Requests::new(quick(), 16);
+        for _ in 0..30 {
+            flaky(&requests, S3ErrorKind::ServerError, 10).await;
+        }
+        assert!(
+            flaky(&requests, S3ErrorKind::ServerError, 1)
+                .await
+                .result
+                .is_err()
+        );
+        let calls = AtomicU32::new(0);
+        let listed = requests
+            .send(Lane::Listing, || {
+                let n = calls.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if n == 0 {
+                        Err(failure(S3ErrorKind::ServerError))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        assert!(listed.result.is_ok(), "the listing's own budget paid");
+    }
+
+    #[tokio::test]
+    async fn a_skewed_clock_is_retried_at_once_without_slowing_down() {
+        let requests = Requests::new(RetryPolicy::default(), 16);
+        let calls = AtomicU32::new(0);
+        let sent = requests
+            .send(Lane::Uploads, || {
+                let n = calls.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if n == 0 {
+                        let mut skewed = failure(S3ErrorKind::InvalidCredentials);
+                        skewed.code = Some("RequestTimeTooSkewed".into());
+                        Err(skewed)
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        assert!(sent.result.is_ok());
+        assert_eq!(requests.concurrency_limit(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_failure_that_never_reached_the_server_was_not_carried_out() {
+        let requests = Requests::new(quick(), 16);
+        let calls = AtomicU32::new(0);
+        let sent = requests
+            .send(Lane::Uploads, || {
+                let n = calls.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if n == 0 {
+                        let mut refused = failure(S3ErrorKind::Unreachable);
+                        refused.may_have_arrived = false;
+                        Err(refused)
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        assert!(sent.result.is_ok() && !sent.maybe_applied_before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn winding_down_ends_backoffs_and_retries() {
+        let requests = std::sync::Arc::new(Requests::new(RetryPolicy::default(), 16));
+        let throttled_forever = {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                requests
+                    .send(Lane::Uploads, || async {
+                        Err::<(), _>(failure(S3ErrorKind::Throttled))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = tokio::time::Instant::now();
+        requests.wind_down();
+        let sent = throttled_forever.await.unwrap();
+        assert_eq!(sent.result.unwrap_err().kind, S3ErrorKind::Throttled);
+        assert_eq!(started.elapsed(), Duration::ZERO, "no backoff waited out");
+        let calls = AtomicU32::new(0);
+        let sent = requests
+            .send(Lane::Uploads, || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err::<(), _>(failure(S3ErrorKind::ServerError)) }
+            })
+            .await;
+        assert!(sent.result.is_err());
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "no retry once winding down"
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct RunState {
     timeout: Duration,
     drain_timeout: Duration,
     clock_warnings: Vec<ClockWarning>,
+    /// How far the server's clock ran behind this machine's on the last page with a usable
+    /// `Date`, kept for pages without one.
+    server_behind: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,7 @@ impl RunState {
             timeout: options.timeout,
             drain_timeout: options.drain_timeout,
             clock_warnings: Vec::new(),
+            server_behind: None,
         }
     }
 
@@ -96,15 +100,16 @@ impl RunState {
         self.drain.map(|(_, until)| until)
     }
 
-    pub fn on_page(&mut self, page: Page, local_now: SystemTime) {
+    pub fn on_page(&mut self, page: &Page, local_now: SystemTime) {
         let now = self.reference_time(&page.server_date, local_now);
-        self.summary.found += page.uploads.len() as u64;
-        for upload in page.uploads {
+        self.summary.found += page.uploads.len() as u64 + page.unusable;
+        self.summary.skipped += page.unusable;
+        for upload in &page.uploads {
             if !is_plausible(upload.initiated) {
                 self.summary.skipped += 1;
             } else if super::is_stale(upload.initiated, now, self.max_age) {
                 self.summary.stale += 1;
-                self.pending.push_back(upload);
+                self.pending.push_back(upload.clone());
             }
         }
     }
@@ -123,7 +128,7 @@ impl RunState {
         let UploadOutcome::Failed(err) = outcome else {
             return;
         };
-        tracing::warn!(key = %text::name(&upload.key), upload_id = %text::name(&upload.upload_id), error = %err, "abort failed");
+        tracing::warn!(upload = %upload, error = %err, "abort failed");
         // A server that stopped answering would fail every remaining upload one by one: stop
         // instead; the next run picks up where this one stopped.
         if matches!(err.kind, S3ErrorKind::Unreachable | S3ErrorKind::Timeout)
@@ -189,24 +194,23 @@ impl RunState {
     /// The clock ages are measured on: the earlier of the server's and this machine's. A node
     /// whose clock runs days fast then never ages uploads early, and neither does a server (or a
     /// proxy in front of it) whose `Date` runs ahead of the clock that stamped the uploads; a
-    /// clock that runs slow only makes uploads look younger. Disagreements are reported once.
+    /// clock that runs slow only makes uploads look younger. A page without a usable `Date`
+    /// keeps the lag the server showed on earlier pages, so that stripping the header cannot
+    /// bring back a fast local clock. Disagreements are reported once.
     fn reference_time(&mut self, server: &ServerDate, local: SystemTime) -> SystemTime {
+        let fallback = |behind: Option<Duration>| behind.map_or(local, |lag| local - lag);
         match server {
             ServerDate::Sent(server) => {
-                let skew = server
-                    .duration_since(local)
-                    .or_else(|_| local.duration_since(*server))
-                    .unwrap_or_default();
+                let (skew, how) = match server.duration_since(local) {
+                    Ok(ahead) => (ahead, "ahead of"),
+                    Err(behind) => (behind.duration(), "behind"),
+                };
+                self.server_behind = (*server < local).then_some(skew);
                 if skew > NOTABLE_SKEW {
-                    let (which, how) = if server > &local {
-                        ("the server's clock", "ahead of")
-                    } else {
-                        ("the server's clock", "behind")
-                    };
                     self.warn_once(
                         ClockWarning::Skew,
                         format!(
-                            "{which} (its Date header) is {} {how} this machine's; ages are measured on the earlier of the two, so no upload is aborted early",
+                            "the server's clock (its Date header) is {} {how} this machine's; ages are measured on the earlier of the two, so no upload is aborted early",
                             human_duration(skew)
                         ),
                     );
@@ -219,7 +223,7 @@ impl RunState {
                     "the server sent no Date header; ages are measured on this machine's clock"
                         .to_owned(),
                 );
-                local
+                fallback(self.server_behind)
             }
             ServerDate::Unparseable(value) => {
                 self.warn_once(
@@ -228,7 +232,7 @@ impl RunState {
                         "the server's Date header \"{value}\" is not an HTTP date; ages are measured on this machine's clock"
                     ),
                 );
-                local
+                fallback(self.server_behind)
             }
         }
     }
@@ -309,6 +313,7 @@ mod tests {
     fn page(uploads: Vec<ListedUpload>, server_date: ServerDate) -> Page {
         Page {
             uploads,
+            unusable: 0,
             server_date,
         }
     }
@@ -327,7 +332,7 @@ mod tests {
         uploads.push(upload("undated", None));
         uploads.push(upload("epoch", Some(SystemTime::UNIX_EPOCH)));
         uploads.push(upload("future", Some(now() + DAY)));
-        run.on_page(page(uploads, ServerDate::Sent(now())), now());
+        run.on_page(&page(uploads, ServerDate::Sent(now())), now());
         let s = &run.summary;
         assert_eq!((s.found, s.stale, s.skipped), (5, 1, 2));
         assert!(s.warnings.is_empty());
@@ -339,7 +344,7 @@ mod tests {
     fn uploads_are_launched_only_within_the_limit() {
         let mut run = state(1000);
         run.on_page(
-            page(
+            &page(
                 vec![
                     upload("a", Some(now() - 3 * DAY)),
                     upload("b", Some(now() - 3 * DAY)),
@@ -357,7 +362,7 @@ mod tests {
     fn listing_pauses_while_a_full_page_is_pending() {
         let mut run = state(1);
         assert!(run.wants_page());
-        run.on_page(page(old_and_young(), ServerDate::Sent(now())), now());
+        run.on_page(&page(old_and_young(), ServerDate::Sent(now())), now());
         assert!(
             !run.wants_page(),
             "one stale upload pending fills a page of one"
@@ -375,8 +380,8 @@ mod tests {
         // The server's Date runs two days ahead: its clock would make the young upload stale.
         let mut run = state(1000);
         let ahead = ServerDate::Sent(now() + 2 * DAY);
-        run.on_page(page(old_and_young(), ahead.clone()), now());
-        run.on_page(page(vec![], ahead), now());
+        run.on_page(&page(old_and_young(), ahead.clone()), now());
+        run.on_page(&page(vec![], ahead), now());
         assert_eq!(run.summary.stale, 1, "only the really old upload");
         assert_eq!(run.summary.warnings.len(), 1);
         assert!(
@@ -387,7 +392,7 @@ mod tests {
         // This machine's clock runs two days fast: the server's clock is used.
         let mut run = state(1000);
         run.on_page(
-            page(old_and_young(), ServerDate::Sent(now())),
+            &page(old_and_young(), ServerDate::Sent(now())),
             now() + 2 * DAY,
         );
         assert_eq!(run.summary.stale, 1);
@@ -395,11 +400,43 @@ mod tests {
     }
 
     #[test]
+    fn a_page_without_a_date_keeps_the_lag_the_server_showed_before() {
+        // This machine's clock runs two days fast; the server says so on its first page, then
+        // stops sending a usable Date: the young upload must stay young.
+        let mut run = state(1000);
+        let fast_local = now() + 2 * DAY;
+        run.on_page(&page(vec![], ServerDate::Sent(now())), fast_local);
+        run.on_page(&page(old_and_young(), ServerDate::Missing), fast_local);
+        run.on_page(
+            &page(old_and_young(), ServerDate::Unparseable("x".into())),
+            fast_local,
+        );
+        assert_eq!(run.summary.stale, 2, "only the old upload, twice");
+    }
+
+    #[test]
+    fn uploads_dated_before_2006_are_implausible() {
+        let day_2006 = SystemTime::UNIX_EPOCH + EARLIEST_PLAUSIBLE_INITIATION;
+        assert!(is_plausible(Some(day_2006)));
+        assert!(!is_plausible(Some(day_2006 - Duration::from_secs(1))));
+        assert!(!is_plausible(None));
+        let mut run = state(1000);
+        let listed = Page {
+            uploads: vec![upload("2005", Some(day_2006 - DAY))],
+            unusable: 2,
+            server_date: ServerDate::Sent(now()),
+        };
+        run.on_page(&listed, now());
+        let s = &run.summary;
+        assert_eq!((s.found, s.stale, s.skipped), (3, 0, 3));
+    }
+
+    #[test]
     fn a_missing_or_garbage_date_falls_back_to_the_local_clock_with_a_warning() {
         let mut run = state(1000);
-        run.on_page(page(old_and_young(), ServerDate::Missing), now());
+        run.on_page(&page(old_and_young(), ServerDate::Missing), now());
         run.on_page(
-            page(
+            &page(
                 old_and_young(),
                 ServerDate::Unparseable("not a date".into()),
             ),
@@ -415,7 +452,7 @@ mod tests {
     #[test]
     fn a_failed_listing_stops_listing_and_keeps_the_first_cause() {
         let mut run = state(1000);
-        run.on_page(page(old_and_young(), ServerDate::Sent(now())), now());
+        run.on_page(&page(old_and_young(), ServerDate::Sent(now())), now());
         let err = S3Error::new(S3ErrorKind::Other, None, "markers repeat");
         run.on_listing_failed(err.clone());
         assert!(!run.wants_page());
@@ -437,7 +474,7 @@ mod tests {
             upload("b", Some(now() - 3 * DAY)),
             upload("c", Some(now() - 3 * DAY)),
         ];
-        run.on_page(page(old, ServerDate::Sent(now())), now());
+        run.on_page(&page(old, ServerDate::Sent(now())), now());
         let a = run.next_upload(0, 1).unwrap();
         let denied = S3Error::new(S3ErrorKind::AccessDenied, None, "denied");
         run.on_handled(&a, &UploadOutcome::Failed(denied));
@@ -454,7 +491,7 @@ mod tests {
     fn cancel_and_deadline_wind_down_with_a_drain_deadline() {
         let start = Instant::now();
         let mut run = state(1000);
-        run.on_page(page(old_and_young(), ServerDate::Sent(now())), now());
+        run.on_page(&page(old_and_young(), ServerDate::Sent(now())), now());
         run.on_deadline(start);
         assert!(run.is_winding_down());
         assert_eq!(run.drain_deadline(), Some(start + Duration::from_secs(90)));
@@ -475,7 +512,7 @@ mod tests {
     #[test]
     fn a_cancel_after_all_work_was_handed_out_is_no_stop() {
         let mut run = state(1000);
-        run.on_page(page(vec![], ServerDate::Sent(now())), now());
+        run.on_page(&page(vec![], ServerDate::Sent(now())), now());
         run.on_listing_end();
         run.on_cancel(Instant::now());
         assert_eq!(run.finish(0, jiff::Timestamp::UNIX_EPOCH).stop, None);
