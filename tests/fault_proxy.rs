@@ -14,40 +14,12 @@ use common::fault_proxy::*;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-macro_rules! on_every_server {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn ceph() {
-                if let Some(server) = super::server(super::ServerKind::Ceph) {
-                    super::$scenario(server).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn seaweedfs() {
-                if let Some(server) = super::server(super::ServerKind::SeaweedFs) {
-                    super::$scenario(server).await;
-                }
-            }
-        }
-    )*};
-}
-
-on_every_server!(
+common::on_every_server!(
     forwards_multipart_requests_signed_and_kept_alive,
     marker_cycle_and_fresh_markers_reach_the_sdk,
     injected_control_characters_parse_back_in_keys,
     initiated_is_rewritten_or_removed,
 );
-
-fn server(kind: ServerKind) -> Option<Server> {
-    bed().map(|servers| {
-        servers
-            .into_iter()
-            .find(|s| s.kind == kind)
-            .expect("server in bed")
-    })
-}
 
 async fn proxy_for(server: &Server) -> FaultProxy {
     FaultProxy::start(&server.endpoint)
@@ -66,6 +38,29 @@ async fn client_via(server: &Server, proxy: &FaultProxy, attempt_timeout: Durati
         .to_builder()
         .retry_config(RetryConfig::disabled());
     Client::from_conf(config.build())
+}
+
+/// A fresh bucket on `server`, a proxy in front of it, and clients of both.
+struct Proxied {
+    /// Straight to the server, past the proxy.
+    direct: Client,
+    bucket: String,
+    proxy: FaultProxy,
+    /// Through the proxy, one attempt per operation.
+    client: Client,
+}
+
+async fn proxied(server: &Server, tag: &str, attempt_timeout: Duration) -> Proxied {
+    let direct = server.client().await;
+    let bucket = create_bucket(&direct, tag).await;
+    let proxy = proxy_for(server).await;
+    let client = client_via(server, &proxy, attempt_timeout).await;
+    Proxied {
+        direct,
+        bucket,
+        proxy,
+        client,
+    }
 }
 
 async fn list(client: &Client, bucket: &str) -> ListMultipartUploadsOutput {
@@ -188,10 +183,12 @@ async fn a_slow_down_share_fails_about_that_share() {
     let Some(server) = ceph() else {
         return;
     };
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-share").await;
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
+    let Proxied {
+        bucket,
+        proxy,
+        client,
+        ..
+    } = proxied(&server, "proxy-share", Duration::from_secs(30)).await;
     proxy.add_rule(
         Rule::on(Op::ListMultipartUploads)
             .share(0.3)
@@ -224,13 +221,15 @@ async fn errors_arrive_whole_even_with_a_megabyte_message_or_no_code() {
     let Some(server) = ceph() else {
         return;
     };
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-errors").await;
+    let Proxied {
+        direct,
+        bucket,
+        proxy,
+        client,
+    } = proxied(&server, "proxy-errors", Duration::from_secs(30)).await;
     let (key, upload_id) = create_uploads(&direct, &bucket, &keys("e/", 1))
         .await
         .remove(0);
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
     const MESSAGE_BYTES: usize = 1 << 20;
     proxy.set_rules(vec![
         Rule::on(Op::ListMultipartUploads).then(Action::Error {
@@ -277,11 +276,13 @@ async fn a_reset_mid_answer_is_an_io_error_not_an_answer() {
     let Some(server) = ceph() else {
         return;
     };
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-reset").await;
+    let Proxied {
+        direct,
+        bucket,
+        proxy,
+        client,
+    } = proxied(&server, "proxy-reset", Duration::from_secs(30)).await;
     let uploads = create_uploads(&direct, &bucket, &keys("reset/", 20)).await;
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
     proxy.set_rules(vec![
         Rule::on(Op::ListMultipartUploads).then(Action::reset_after(300)),
         Rule::on(Op::AbortMultipartUpload).then(Action::reset_after(0)),
@@ -327,11 +328,13 @@ async fn held_answers_time_out_the_client_and_end_with_it() {
     let Some(server) = ceph() else {
         return;
     };
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-hold").await;
+    let Proxied {
+        direct,
+        bucket,
+        proxy,
+        client,
+    } = proxied(&server, "proxy-hold", Duration::from_secs(1)).await;
     let uploads = create_uploads(&direct, &bucket, &keys("hold/", 3)).await;
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(1)).await;
     let abort = |(key, upload_id): &(String, String)| {
         client
             .abort_multipart_upload()
@@ -561,11 +564,13 @@ async fn generated_listings_parse_with_and_without_a_length() {
 }
 
 async fn marker_cycle_and_fresh_markers_reach_the_sdk(server: Server) {
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-markers").await;
+    let Proxied {
+        direct,
+        bucket,
+        proxy,
+        client,
+    } = proxied(&server, "proxy-markers", Duration::from_secs(30)).await;
     create_uploads(&direct, &bucket, &keys("m/", 3)).await;
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
     let pair = |k: &str, u: &str| (k.to_owned(), u.to_owned());
     let cycle = vec![pair("~a", "~a-upload"), pair("~b", "~b-upload")];
     let pages = |mode| {
@@ -612,12 +617,14 @@ async fn markers_of_pages(client: &Client, bucket: &str, pages: usize) -> Vec<(S
 }
 
 async fn injected_control_characters_parse_back_in_keys(server: Server) {
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-inject").await;
+    let Proxied {
+        direct,
+        bucket,
+        proxy,
+        client,
+    } = proxied(&server, "proxy-inject", Duration::from_secs(30)).await;
     let mut uploads = create_uploads(&direct, &bucket, &["inj/a".into(), "plain".into()]).await;
     uploads.sort();
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
     const KEY_SUFFIX: &str = "\u{1b}[31m\u{7}\u{202e}\r";
     const ID_SUFFIX: &str = "\u{1b}[0m";
     proxy.add_rule(Rule::on(Op::ListMultipartUploads).then(Action::Inject {
@@ -646,16 +653,18 @@ async fn injected_control_characters_parse_back_in_keys(server: Server) {
 }
 
 async fn initiated_is_rewritten_or_removed(server: Server) {
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-initiated").await;
+    let Proxied {
+        direct,
+        bucket,
+        proxy,
+        client,
+    } = proxied(&server, "proxy-initiated", Duration::from_secs(30)).await;
     create_uploads(
         &direct,
         &bucket,
         &["old/a".into(), "old/b".into(), "new".into()],
     )
     .await;
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
     let initiated = |value: Option<&str>| {
         proxy.set_rules(vec![Rule::on(Op::ListMultipartUploads).then(
             Action::Initiated {
@@ -735,10 +744,12 @@ async fn rate_above_throttles_what_goes_past_the_rate() {
     let Some(server) = ceph() else {
         return;
     };
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-rate").await;
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
+    let Proxied {
+        bucket,
+        proxy,
+        client,
+        ..
+    } = proxied(&server, "proxy-rate", Duration::from_secs(30)).await;
     proxy.add_rule(
         Rule::on(Op::ListMultipartUploads)
             .rate_above(20.0)
@@ -772,10 +783,12 @@ async fn delay_adds_its_latency_without_serialising_requests() {
     let Some(server) = ceph() else {
         return;
     };
-    let direct = server.client().await;
-    let bucket = create_bucket(&direct, "proxy-delay").await;
-    let proxy = proxy_for(&server).await;
-    let client = client_via(&server, &proxy, Duration::from_secs(30)).await;
+    let Proxied {
+        bucket,
+        proxy,
+        client,
+        ..
+    } = proxied(&server, "proxy-delay", Duration::from_secs(30)).await;
     const DELAY: Duration = Duration::from_millis(200);
     proxy.add_rule(Rule::on(Op::ListMultipartUploads).then(Action::delay(DELAY)));
 

@@ -9,26 +9,7 @@ use std::time::Duration;
 use common::fault_proxy::{Action, DateRewrite, FaultProxy, MarkerMode, Op, Rule};
 use common::*;
 
-macro_rules! on_every_server {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn ceph() {
-                if let Some(server) = super::server(super::ServerKind::Ceph) {
-                    super::$scenario(server).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn seaweedfs() {
-                if let Some(server) = super::server(super::ServerKind::SeaweedFs) {
-                    super::$scenario(server).await;
-                }
-            }
-        }
-    )*};
-}
-
-on_every_server!(
+common::on_every_server!(
     a_throttling_server_is_slowed_down_and_every_stale_upload_still_goes,
     an_internal_error_burst_is_retried,
     answers_lost_after_the_abort_count_as_aborted,
@@ -43,15 +24,6 @@ on_every_server!(
     a_megabyte_error_message_is_cut,
     control_characters_from_the_server_are_escaped,
 );
-
-fn server(kind: ServerKind) -> Option<Server> {
-    bed().map(|servers| {
-        servers
-            .into_iter()
-            .find(|s| s.kind == kind)
-            .expect("server in bed")
-    })
-}
 
 /// A bucket with stale uploads under the given prefixes and young ones under `young/`, and a
 /// fault proxy in front of the server.

@@ -14,26 +14,7 @@ use mpu_sweeper::sweep::{
 };
 use tokio_util::sync::CancellationToken;
 
-macro_rules! on_every_server {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn ceph() {
-                if let Some(server) = super::server(super::ServerKind::Ceph) {
-                    super::$scenario(server).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn seaweedfs() {
-                if let Some(server) = super::server(super::ServerKind::SeaweedFs) {
-                    super::$scenario(server).await;
-                }
-            }
-        }
-    )*};
-}
-
-on_every_server!(
+common::on_every_server!(
     pages_past_a_thousand_uploads,
     tiny_pages_walk_every_upload_of_a_key,
     fresh_upload_on_a_stale_key_survives,
@@ -46,15 +27,6 @@ on_every_server!(
     uploads_finished_by_someone_else_count_as_already_gone,
     ages_use_the_server_clock_not_a_skewed_local_clock,
 );
-
-fn server(kind: ServerKind) -> Option<Server> {
-    bed().map(|servers| {
-        servers
-            .into_iter()
-            .find(|s| s.kind == kind)
-            .expect("server in bed")
-    })
-}
 
 fn options(bucket: &str, max_age: &str) -> SweepOptions {
     SweepOptions::new(bucket, max_age.parse::<MaxAge>().unwrap())

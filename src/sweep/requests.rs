@@ -237,21 +237,36 @@ mod tests {
         S3Error::new(kind, None, "x")
     }
 
-    /// A request that fails with `kind` `failures` times, then succeeds.
-    async fn flaky(requests: &Requests, kind: S3ErrorKind, failures: u32) -> Sent<u32> {
+    /// A request whose attempt number `n` (from 0) comes to `script(n)`; the attempts made.
+    async fn scripted(
+        requests: &Requests,
+        lane: Lane,
+        script: impl Fn(u32) -> Result<(), S3Error>,
+    ) -> (Sent<()>, u32) {
         let calls = AtomicU32::new(0);
-        requests
-            .send(Lane::Uploads, || {
-                let n = calls.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    if n < failures {
-                        Err(failure(kind))
-                    } else {
-                        Ok(n + 1)
-                    }
-                }
+        let sent = requests
+            .send(lane, || {
+                let outcome = script(calls.fetch_add(1, Ordering::Relaxed));
+                async move { outcome }
             })
-            .await
+            .await;
+        (sent, calls.load(Ordering::Relaxed))
+    }
+
+    /// A request that fails with `kind` `failures` times, then succeeds; the attempts made.
+    async fn flaky(requests: &Requests, kind: S3ErrorKind, failures: u32) -> Sent<u32> {
+        let (sent, calls) = scripted(requests, Lane::Uploads, |n| {
+            if n < failures {
+                Err(failure(kind))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        Sent {
+            result: sent.result.map(|()| calls),
+            maybe_applied_before: sent.maybe_applied_before,
+        }
     }
 
     #[tokio::test]
@@ -297,14 +312,11 @@ mod tests {
         // 500 tokens pay for 100 retries of a server that always fails.
         let mut retried = 0;
         for _ in 0..60 {
-            let calls = AtomicU32::new(0);
-            let _ = requests
-                .send(Lane::Uploads, || {
-                    calls.fetch_add(1, Ordering::Relaxed);
-                    async { Err::<(), _>(failure(S3ErrorKind::ServerError)) }
-                })
-                .await;
-            retried += calls.load(Ordering::Relaxed) - 1;
+            let (_, calls) = scripted(&requests, Lane::Uploads, |_| {
+                Err(failure(S3ErrorKind::ServerError))
+            })
+            .await;
+            retried += calls - 1;
         }
         assert_eq!(retried, 100);
         let sent = flaky(&requests, S3ErrorKind::ServerError, 1).await;
@@ -328,40 +340,30 @@ mod tests {
                 .result
                 .is_err()
         );
-        let calls = AtomicU32::new(0);
-        let listed = requests
-            .send(Lane::Listing, || {
-                let n = calls.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    if n == 0 {
-                        Err(failure(S3ErrorKind::ServerError))
-                    } else {
-                        Ok(())
-                    }
-                }
-            })
-            .await;
+        let (listed, _) = scripted(&requests, Lane::Listing, |n| {
+            if n == 0 {
+                Err(failure(S3ErrorKind::ServerError))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
         assert!(listed.result.is_ok(), "the listing's own budget paid");
     }
 
     #[tokio::test]
     async fn a_skewed_clock_is_retried_at_once_without_slowing_down() {
         let requests = Requests::new(RetryPolicy::default(), 16);
-        let calls = AtomicU32::new(0);
-        let sent = requests
-            .send(Lane::Uploads, || {
-                let n = calls.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    if n == 0 {
-                        let mut skewed = failure(S3ErrorKind::InvalidCredentials);
-                        skewed.code = Some("RequestTimeTooSkewed".into());
-                        Err(skewed)
-                    } else {
-                        Ok(())
-                    }
-                }
-            })
-            .await;
+        let (sent, _) = scripted(&requests, Lane::Uploads, |n| {
+            if n == 0 {
+                let mut skewed = failure(S3ErrorKind::InvalidCredentials);
+                skewed.code = Some("RequestTimeTooSkewed".into());
+                Err(skewed)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
         assert!(sent.result.is_ok());
         assert_eq!(requests.concurrency_limit(), 16);
     }
@@ -369,21 +371,16 @@ mod tests {
     #[tokio::test]
     async fn a_failure_that_never_reached_the_server_was_not_carried_out() {
         let requests = Requests::new(quick(), 16);
-        let calls = AtomicU32::new(0);
-        let sent = requests
-            .send(Lane::Uploads, || {
-                let n = calls.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    if n == 0 {
-                        let mut refused = failure(S3ErrorKind::Unreachable);
-                        refused.may_have_arrived = false;
-                        Err(refused)
-                    } else {
-                        Ok(())
-                    }
-                }
-            })
-            .await;
+        let (sent, _) = scripted(&requests, Lane::Uploads, |n| {
+            if n == 0 {
+                let mut refused = failure(S3ErrorKind::Unreachable);
+                refused.may_have_arrived = false;
+                Err(refused)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
         assert!(sent.result.is_ok() && !sent.maybe_applied_before);
     }
 
@@ -406,19 +403,12 @@ mod tests {
         let sent = throttled_forever.await.unwrap();
         assert_eq!(sent.result.unwrap_err().kind, S3ErrorKind::Throttled);
         assert_eq!(started.elapsed(), Duration::ZERO, "no backoff waited out");
-        let calls = AtomicU32::new(0);
-        let sent = requests
-            .send(Lane::Uploads, || {
-                calls.fetch_add(1, Ordering::Relaxed);
-                async { Err::<(), _>(failure(S3ErrorKind::ServerError)) }
-            })
-            .await;
+        let (sent, calls) = scripted(&requests, Lane::Uploads, |_| {
+            Err(failure(S3ErrorKind::ServerError))
+        })
+        .await;
         assert!(sent.result.is_err());
-        assert_eq!(
-            calls.load(Ordering::Relaxed),
-            1,
-            "no retry once winding down"
-        );
+        assert_eq!(calls, 1, "no retry once winding down");
     }
 
     #[test]

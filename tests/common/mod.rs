@@ -73,6 +73,46 @@ pub fn bed() -> Option<Vec<Server>> {
     ])
 }
 
+/// The bed's server of `kind`, or `None` (skip) when the bed is absent and not required.
+pub fn server(kind: ServerKind) -> Option<Server> {
+    bed().map(|servers| {
+        servers
+            .into_iter()
+            .find(|s| s.kind == kind)
+            .expect("server in bed")
+    })
+}
+
+/// One test per server for each scenario `async fn scenario(server: Server)`: `scenario::ceph`
+/// and `scenario::seaweedfs`.
+#[allow(
+    unused_macros,
+    reason = "not every test binary runs per-server scenarios"
+)]
+macro_rules! on_every_server {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn ceph() {
+                if let Some(server) = crate::common::server(crate::common::ServerKind::Ceph) {
+                    super::$scenario(server).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn seaweedfs() {
+                if let Some(server) = crate::common::server(crate::common::ServerKind::SeaweedFs) {
+                    super::$scenario(server).await;
+                }
+            }
+        }
+    )*};
+}
+#[allow(
+    unused_imports,
+    reason = "not every test binary runs per-server scenarios"
+)]
+pub(crate) use on_every_server;
+
 /// The bed's main Ceph gateway.
 pub fn ceph() -> Option<Server> {
     let servers = bed()?;
