@@ -117,13 +117,8 @@ fn default_concurrency() -> i32 {
     crate::sweep::DEFAULT_CONCURRENCY as i32
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum AddressingStyle {
-    #[default]
-    Virtual,
-    Path,
-}
+/// One type for the resource, the engine and the command line.
+pub use crate::sweep::AddressingStyle;
 
 /// A Secret in the resource's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -6,7 +6,14 @@ use prometheus::{
 };
 use prometheus::{GaugeVec, IntCounter};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use crate::sweep::SweepSummary;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Which resource a series belongs to.
 pub struct ResourceLabels<'a> {
@@ -15,8 +22,23 @@ pub struct ResourceLabels<'a> {
     pub bucket: &'a str,
 }
 
+/// The values of `mpu_sweeper_runs_total`'s `result` label.
+const RESULTS: [&str; 6] = [
+    "succeeded",
+    "partial",
+    "failed",
+    "interrupted",
+    "deadline_exceeded",
+    "setup_failed",
+];
+/// The values of `mpu_sweeper_reconcile_errors_total`'s `reason` label.
+const RECONCILE_ERROR_REASONS: [&str; 2] = ["KubernetesApi", "NotLeader"];
+
 pub struct Metrics {
     registry: Registry,
+    /// The bucket each resource's series carry, so that they can be removed when it is
+    /// deleted or sweeps another bucket.
+    buckets: Mutex<HashMap<(String, String), String>>,
     runs: IntCounterVec,
     uploads_found: IntCounterVec,
     uploads_stale: IntCounterVec,
@@ -30,6 +52,8 @@ pub struct Metrics {
     last_success: GaugeVec,
     reconcile_errors: IntCounterVec,
     leader: IntGauge,
+    sweeps_running: IntGauge,
+    sweeps_queued: IntGauge,
     status_patch_failures: IntCounter,
 }
 
@@ -127,6 +151,19 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            sweeps_running: register(
+                &registry,
+                IntGauge::new("mpu_sweeper_sweeps_running", "Sweeps under way.")
+                    .expect("valid metric"),
+            ),
+            sweeps_queued: register(
+                &registry,
+                IntGauge::new(
+                    "mpu_sweeper_sweeps_queued",
+                    "Due sweeps waiting for a slot (all taken, or their namespace's share).",
+                )
+                .expect("valid metric"),
+            ),
             status_patch_failures: register(
                 &registry,
                 IntCounter::new(
@@ -136,6 +173,59 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Series by resource (and bucket) that the resource's sweeps write.
+    fn per_resource(&self) -> [&IntCounterVec; 7] {
+        [
+            &self.uploads_found,
+            &self.uploads_stale,
+            &self.uploads_aborted,
+            &self.uploads_already_gone,
+            &self.uploads_failed,
+            &self.throttled,
+            &self.bytes_freed,
+        ]
+    }
+
+    /// Notes which bucket a resource sweeps, dropping its series of the bucket it swept before:
+    /// a staleness alert must not keep firing for a bucket it no longer sweeps.
+    fn track(&self, resource: &ResourceLabels<'_>) {
+        let key = (resource.namespace.to_owned(), resource.name.to_owned());
+        let previous = lock(&self.buckets).insert(key, resource.bucket.to_owned());
+        if let Some(previous) = previous.filter(|b| b != resource.bucket) {
+            self.remove_bucket_series(resource.namespace, resource.name, &previous);
+        }
+    }
+
+    fn remove_bucket_series(&self, namespace: &str, name: &str, bucket: &str) {
+        let labels = [namespace, name, bucket];
+        for vec in self.per_resource() {
+            let _ = vec.remove_label_values(&labels);
+        }
+        for gauge in [&self.last_run, &self.last_success] {
+            let _ = gauge.remove_label_values(&labels);
+        }
+        for result in RESULTS {
+            let _ = self
+                .runs
+                .remove_label_values(&[namespace, name, bucket, result]);
+        }
+    }
+
+    /// Removes every series of a deleted resource.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let bucket = lock(&self.buckets).remove(&(namespace.to_owned(), name.to_owned()));
+        if let Some(bucket) = bucket {
+            self.remove_bucket_series(namespace, name, &bucket);
+        }
+        let _ = self.run_duration.remove_label_values(&[namespace, name]);
+        for reason in RECONCILE_ERROR_REASONS {
+            let _ = self
+                .reconcile_errors
+                .remove_label_values(&[namespace, name, reason]);
         }
     }
 
@@ -147,6 +237,7 @@ impl Metrics {
         result: &str,
         success: bool,
     ) {
+        self.track(resource);
         let labels = [resource.namespace, resource.name, resource.bucket];
         self.runs
             .with_label_values(&[resource.namespace, resource.name, resource.bucket, result])
@@ -188,6 +279,7 @@ impl Metrics {
 
     /// A run that could not start (Secret missing, bad spec...).
     pub fn run_not_started(&self, resource: &ResourceLabels<'_>) {
+        self.track(resource);
         self.runs
             .with_label_values(&[
                 resource.namespace,
@@ -206,6 +298,13 @@ impl Metrics {
 
     pub fn status_patch_failed(&self) {
         self.status_patch_failures.inc();
+    }
+
+    pub fn set_sweeps(&self, running: usize, queued: usize) {
+        self.sweeps_running
+            .set(i64::try_from(running).unwrap_or(i64::MAX));
+        self.sweeps_queued
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -259,5 +358,26 @@ mod tests {
         ));
         assert!(text.contains("mpu_sweeper_leader 1"));
         assert!(text.contains("mpu_sweeper_run_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn a_resource_s_series_go_when_it_is_deleted_or_sweeps_another_bucket() {
+        let metrics = Metrics::new();
+        let options = crate::sweep::SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
+        let summary = SweepSummary::empty(&options, jiff::Timestamp::now());
+        let on = |bucket| ResourceLabels {
+            namespace: "ns",
+            name: "mpc",
+            bucket,
+        };
+        metrics.sweep_finished(&on("old"), &summary, "succeeded", true);
+        metrics.reconcile_error("ns", "mpc", "KubernetesApi");
+        metrics.sweep_finished(&on("new"), &summary, "failed", false);
+        let text = metrics.render();
+        assert!(!text.contains(r#"bucket="old""#), "{text}");
+        assert!(text.contains(r#"bucket="new""#), "{text}");
+        metrics.forget("ns", "mpc");
+        let text = metrics.render();
+        assert!(!text.contains(r#"name="mpc""#), "{text}");
     }
 }

@@ -16,6 +16,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flags every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoggingArgs {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level for mpu-sweeper's own logs: error, warn, info, debug or trace (RUST_LOG
+    /// overrides).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
 /// The most verbose level some SDK targets may log at, whatever the user asks for: below it they
 /// print signed request material (canonical requests carry session tokens), credentials'
 /// debug forms, or whole answer bodies (a hostile server's text, unescaped).
@@ -49,9 +62,9 @@ fn caps() -> Targets {
 }
 
 /// Installs the global subscriber. Safe to call once per process.
-pub fn init(format: LogFormat, default_level: &str) {
-    let filter = requested(default_level).and(caps());
-    let layer = match format {
+pub fn init(args: &LoggingArgs) {
+    let filter = requested(&args.log_level).and(caps());
+    let layer = match args.log_format {
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
             // Colour codes only for a terminal; in a pipe or a log file they are noise.

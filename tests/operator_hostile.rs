@@ -288,7 +288,17 @@ async fn each_fault_shows_in_its_resource_and_no_other() {
     let namespace = namespace_with_credentials(&kube.client, "hostile", &ceph).await;
     let controller = ControllerProcess::start(
         &kube,
-        &["--namespace", &namespace, "--s3-request-timeout", "2"],
+        &[
+            "--namespace",
+            &namespace,
+            "--s3-request-timeout",
+            "2",
+            // Every resource sweeps at once, while its young uploads are still young.
+            "--max-concurrent-sweeps",
+            "32",
+            "--max-concurrent-sweeps-per-namespace",
+            "32",
+        ],
     );
     for (case, bucket) in cases.iter().zip(&buckets) {
         create_cleanup(

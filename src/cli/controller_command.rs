@@ -1,21 +1,24 @@
-//! `mpu-sweeper controller`: the Kubernetes operator.
+//! `mpu-sweeper controller`: the Kubernetes operator. It serves its HTTP endpoints, leads (takes
+//! the Lease, when elections are on), and runs the controller until it is stopped or loses the
+//! lead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
 use super::signals::wait_for_stop_signal;
-use crate::controller::leader::LeaderElector;
-use crate::controller::{self, ControllerConfig, Scope};
+use crate::controller::leader::{LeaderElector, Leadership};
+use crate::controller::{self, ControllerConfig, Fences, Scope, SecretSelector};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
-use crate::sweep::Limits;
-use crate::telemetry::{self, LogFormat};
+use crate::sweep::{DEFAULT_DENIED, EndpointPolicy, Limits};
+use crate::telemetry::{self, LoggingArgs};
 
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
@@ -32,13 +35,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_address: SocketAddr,
 
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-
-    /// Log level for mpu-sweeper's own logs (RUST_LOG overrides).
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    logging: LoggingArgs,
 
     /// Run only while holding a Lease, so that replicas never sweep at once.
     #[arg(long)]
@@ -64,6 +62,10 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     max_concurrent_sweeps: u16,
 
+    /// Sweeps running at once in one namespace, so that one tenant cannot take every slot.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_concurrent_sweeps_per_namespace: u16,
+
     /// Seconds to wait for a TCP/TLS connection to an S3 endpoint.
     #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     s3_connect_timeout: u64,
@@ -71,10 +73,80 @@ pub struct ControllerArgs {
     /// Seconds one S3 request attempt may take before it is retried.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     s3_request_timeout: u64,
+
+    /// Never connect to an endpoint address in this range (repeatable; checked on every address
+    /// DNS gives, at every connection). Default: the link-local ranges of cloud metadata
+    /// services. Give `none` to deny nothing.
+    #[arg(long = "deny-endpoint-cidr", value_name = "CIDR", default_values_t = DEFAULT_DENIED.map(String::from), value_parser = parse_cidr)]
+    deny_endpoint_cidrs: Vec<String>,
+
+    /// Allow only endpoints whose host is this name, or below this domain with `*.domain`
+    /// (repeatable). When absent, any host is allowed (the denied ranges still apply).
+    #[arg(long = "allow-endpoint-host", value_name = "HOST")]
+    allow_endpoint_hosts: Vec<String>,
+
+    /// Refuse endpoints that are not https://.
+    #[arg(long)]
+    require_https: bool,
+
+    /// Let resources use only Secrets matching this label selector (`key=value`, `key!=value`,
+    /// `key`, `!key`, comma-separated), so that a platform team marks which credentials tenants
+    /// may use.
+    #[arg(long, value_name = "SELECTOR")]
+    secret_label_selector: Option<SecretSelector>,
+
+    /// The shortest time between two runs of one resource: schedules that fire more often are
+    /// refused, and run requests made sooner wait for it. Same syntax as maxAge.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_interval)]
+    min_interval: Duration,
+}
+
+fn parse_cidr(text: &str) -> Result<String, String> {
+    if text == "none" {
+        return Ok(text.to_owned());
+    }
+    text.parse::<ipnet::IpNet>()
+        .map(|net| net.to_string())
+        .map_err(|e| format!("{text:?} is not a CIDR range like 169.254.0.0/16: {e}"))
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    crate::max_age::parse_duration(text).map_err(|e| e.to_string())
+}
+
+impl ControllerArgs {
+    fn fences(&self) -> Fences {
+        Fences {
+            endpoint_policy: EndpointPolicy {
+                denied: self
+                    .deny_endpoint_cidrs
+                    .iter()
+                    .filter(|cidr| *cidr != "none")
+                    .map(|cidr| cidr.parse().expect("checked by the flag's parser"))
+                    .collect(),
+                allowed_hosts: self.allow_endpoint_hosts.clone(),
+                require_https: self.require_https,
+            },
+            secret_selector: self.secret_label_selector.clone(),
+            min_interval: self.min_interval,
+        }
+    }
+
+    fn elector(&self, client: &kube::Client, identity: &str) -> Option<LeaderElector> {
+        self.leader_election.then(|| {
+            LeaderElector::new(
+                client.clone(),
+                &self.leader_election_namespace,
+                &self.leader_election_lease,
+                identity,
+                Duration::from_secs(self.lease_duration_seconds),
+            )
+        })
+    }
 }
 
 pub async fn run(args: ControllerArgs) -> u8 {
-    telemetry::init(args.log_format, &args.log_level);
+    telemetry::init(&args.logging);
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
@@ -87,8 +159,11 @@ pub async fn run(args: ControllerArgs) -> u8 {
     };
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
+    let Some(server) = serve(&args, metrics.clone(), ready.clone()).await else {
+        return exit::USAGE;
+    };
 
-    // `shutdown` is the signal; `stop` also fires when leadership is lost.
+    // `shutdown` is the signal; the controller's own stop also fires when leadership is lost.
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -98,66 +173,116 @@ pub async fn run(args: ControllerArgs) -> u8 {
             shutdown.cancel();
         }
     });
-    let http_stop = CancellationToken::new();
-    let state = HttpState {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
-    let listener = match http::bind(args.http_address).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("error: cannot listen on {}: {err}", args.http_address);
-            return exit::USAGE;
+    let elector = args.elector(&client, &identity);
+    let leadership = match &elector {
+        Some(elector) => {
+            if !lead(elector, &shutdown, &ready, &metrics).await {
+                server.stop().await;
+                return exit::OK;
+            }
+            elector.leadership()
         }
+        None => Leadership::unelected(),
     };
-    let server = tokio::spawn(http::serve(listener, state, http_stop.clone()));
-
-    let elector = args.leader_election.then(|| {
-        LeaderElector::new(
-            client.clone(),
-            &args.leader_election_namespace,
-            &args.leader_election_lease,
-            &identity,
-            Duration::from_secs(args.lease_duration_seconds),
-        )
-    });
-    let stop = shutdown.child_token();
-    if let Some(elector) = &elector {
-        // A standby is healthy and ready: it is doing its job, which is waiting.
-        ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        if !elector.acquire(&shutdown).await {
-            http_stop.cancel();
-            return exit::OK;
-        }
-        ready.store(false, std::sync::atomic::Ordering::Relaxed);
-        metrics.set_leader(true);
-    }
-
     let config = ControllerConfig {
         scope: Scope::from_namespaces(&args.namespaces),
         max_concurrent_sweeps: args.max_concurrent_sweeps,
+        max_concurrent_sweeps_per_namespace: args.max_concurrent_sweeps_per_namespace,
         identity,
         limits: Limits {
             connect_timeout: Duration::from_secs(args.s3_connect_timeout),
             attempt_timeout: Duration::from_secs(args.s3_request_timeout),
         },
+        fences: args.fences(),
+        leadership,
     };
+    let kept =
+        run_until_stopped(client, config, &metrics, ready, &shutdown, elector.as_ref()).await;
+    server.stop().await;
+    if kept {
+        exit::OK
+    } else {
+        exit::LEADERSHIP_LOST
+    }
+}
+
+/// The HTTP endpoints, serving until stopped.
+struct Server {
+    stop: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Ok(Err(err)) = self.task.await {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+    }
+}
+
+/// Binds first, so that a busy port fails start-up rather than going unnoticed.
+async fn serve(
+    args: &ControllerArgs,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> Option<Server> {
+    let listener = match http::bind(args.http_address).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("error: cannot listen on {}: {err}", args.http_address);
+            return None;
+        }
+    };
+    let stop = CancellationToken::new();
+    let state = HttpState { metrics, ready };
+    let task = tokio::spawn(http::serve(listener, state, stop.clone()));
+    Some(Server { stop, task })
+}
+
+/// Waits for the Lease; `false` if shut down first. A standby is healthy and ready: it is doing
+/// its job, which is waiting.
+async fn lead(
+    elector: &LeaderElector,
+    shutdown: &CancellationToken,
+    ready: &AtomicBool,
+    metrics: &Metrics,
+) -> bool {
+    ready.store(true, Ordering::Relaxed);
+    if !elector.acquire(shutdown).await {
+        return false;
+    }
+    ready.store(false, Ordering::Relaxed);
+    metrics.set_leader(true);
+    true
+}
+
+/// Runs the controller until the signal or the loss of leadership; `false` when leadership was
+/// lost. The Lease is renewed until the controller has wound down (aborts in flight finished,
+/// status written), not just until the signal: a standby must not start sweeping while this
+/// replica still works. Only then is it released.
+async fn run_until_stopped(
+    client: kube::Client,
+    config: ControllerConfig,
+    metrics: &Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: &CancellationToken,
+    elector: Option<&LeaderElector>,
+) -> bool {
+    let stop = shutdown.child_token();
     let controller = controller::run(client, config, metrics.clone(), ready, stop.clone());
-    // The lease is renewed until the controller has wound down (aborts in flight finished, status
-    // written), not just until the signal: a standby must not start sweeping while this replica
-    // still works. Only then is it released.
     let wound_down = CancellationToken::new();
     let holding = async {
-        match &elector {
+        match elector {
             Some(elector) => elector.hold(&wound_down).await,
-            _ => {
+            None => {
                 wound_down.cancelled().await;
                 true
             }
         }
     };
     tokio::pin!(controller, holding);
-    let leadership_kept = tokio::select! {
+    let kept = tokio::select! {
         _ = &mut controller => {
             wound_down.cancel();
             holding.await
@@ -168,22 +293,13 @@ pub async fn run(args: ControllerArgs) -> u8 {
             kept
         }
     };
-    let leadership_lost = !leadership_kept;
-    if let Some(elector) = &elector {
+    if let Some(elector) = elector {
         metrics.set_leader(false);
-        if !leadership_lost {
+        if kept {
             elector.release().await;
         }
     }
-    http_stop.cancel();
-    if let Ok(Err(err)) = server.await {
-        tracing::error!(error = %err, "HTTP server failed");
-    }
-    if leadership_lost {
-        exit::SOME_FAILED
-    } else {
-        exit::OK
-    }
+    kept
 }
 
 fn default_identity() -> String {

@@ -24,6 +24,8 @@ pub mod exit {
     pub const LISTING_FAILED: u8 = 3;
     /// The run's time limit passed; what was done is in the summary.
     pub const DEADLINE_EXCEEDED: u8 = 4;
+    /// The controller lost its leadership (another replica leads now) and stopped.
+    pub const LEADERSHIP_LOST: u8 = 5;
     /// Interrupted by a signal after finishing the aborts in flight.
     pub const INTERRUPTED: u8 = 130;
 }

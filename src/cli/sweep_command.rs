@@ -15,18 +15,12 @@ use crate::sweep::{
     self, AddressingStyle, CredentialSource, Limits, RetryPolicy, S3Settings, SweepOptions,
     SweepOutcome, SweepStop, SweepSummary,
 };
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LoggingArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Addressing {
-    Virtual,
-    Path,
 }
 
 /// Credentials come from the standard AWS environment variables or profile files.
@@ -53,8 +47,8 @@ pub struct SweepArgs {
     prefix: Option<String>,
 
     /// How requests name the bucket: virtual (bucket.host) or path (host/bucket).
-    #[arg(long, value_enum, default_value_t = Addressing::Virtual)]
-    addressing_style: Addressing,
+    #[arg(long, value_enum, default_value_t = AddressingStyle::Virtual)]
+    addressing_style: AddressingStyle,
 
     /// Aborts in flight at once.
     #[arg(long, default_value_t = sweep::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=sweep::MAX_CONCURRENCY as i64))]
@@ -102,9 +96,8 @@ pub struct SweepArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
 
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    logging: LoggingArgs,
 
     /// No progress on stderr.
     #[arg(long)]
@@ -131,7 +124,7 @@ struct JsonReport<'a> {
 }
 
 pub async fn run(args: SweepArgs) -> u8 {
-    telemetry::init(args.log_format, "info");
+    telemetry::init(&args.logging);
 
     let ca_bundle_pem = match &args.ca_bundle {
         Some(path) => match std::fs::read(path) {
@@ -145,10 +138,7 @@ pub async fn run(args: SweepArgs) -> u8 {
     let settings = S3Settings {
         endpoint: args.endpoint.clone(),
         region: args.region.clone(),
-        addressing_style: match args.addressing_style {
-            Addressing::Virtual => AddressingStyle::Virtual,
-            Addressing::Path => AddressingStyle::Path,
-        },
+        addressing_style: args.addressing_style,
         ca_bundle_pem,
         credentials: CredentialSource::DefaultChain,
         limits: Limits {

@@ -3,6 +3,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::reason::Reason;
 use crate::text;
 
 /// The longest condition message written, under 1 KiB; the rest is cut.
@@ -12,48 +13,46 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
-/// Ready reasons the controller itself decides on (others come from problems it finds).
-pub const RUNNING: &str = "Running";
-pub const SUCCEEDED: &str = "Succeeded";
-pub const SUSPENDED: &str = "Suspended";
-
 /// The state the three conditions should express.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     pub ready: bool,
     pub reconciling: bool,
     pub stalled: bool,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Health {
-    pub fn ready(reason: &str, message: impl Into<String>) -> Self {
+    /// Ready, with the last run's result.
+    pub fn ready(message: impl Into<String>) -> Self {
         Self {
             ready: true,
             reconciling: false,
             stalled: false,
-            reason: reason.to_owned(),
+            reason: Reason::Succeeded,
             message: message.into(),
         }
     }
 
-    pub fn not_ready(reason: &str, message: impl Into<String>, stalled: bool) -> Self {
+    /// Not ready; Stalled when only a change by the user can help.
+    pub fn not_ready(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             ready: false,
             reconciling: false,
-            stalled,
-            reason: reason.to_owned(),
+            stalled: reason.stalled(),
+            reason,
             message: message.into(),
         }
     }
 
-    pub fn running(message: impl Into<String>) -> Self {
+    /// A sweep under way or waiting for a slot (kstatus Reconciling).
+    pub fn working(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             ready: false,
             reconciling: true,
             stalled: false,
-            reason: RUNNING.to_owned(),
+            reason,
             message: message.into(),
         }
     }
@@ -108,11 +107,11 @@ pub fn apply(
 }
 
 /// The reason of the Ready condition, if any.
-pub fn ready_reason(conditions: &[Condition]) -> Option<&str> {
+pub fn ready_reason(conditions: &[Condition]) -> Option<Reason> {
     conditions
         .iter()
         .find(|c| c.type_ == READY)
-        .map(|c| c.reason.as_str())
+        .and_then(|c| Reason::parse(&c.reason))
 }
 
 #[cfg(test)]
@@ -126,13 +125,13 @@ mod tests {
         let mut conditions = Vec::new();
         apply(
             &mut conditions,
-            &Health::ready("Succeeded", "aborted 1 of 1"),
+            &Health::ready("aborted 1 of 1"),
             Some(1),
             t0,
         );
         apply(
             &mut conditions,
-            &Health::ready("Succeeded", "aborted 2 of 2"),
+            &Health::ready("aborted 2 of 2"),
             Some(2),
             t1,
         );
@@ -146,7 +145,7 @@ mod tests {
 
         apply(
             &mut conditions,
-            &Health::not_ready("SecretNotFound", "create it", true),
+            &Health::not_ready(Reason::SecretNotFound, "create it"),
             Some(2),
             t1,
         );
@@ -165,7 +164,7 @@ mod tests {
         let huge = "x".repeat(400_000);
         apply(
             &mut conditions,
-            &Health::not_ready("ListingFailed", huge, false),
+            &Health::not_ready(Reason::ListingFailed, huge),
             Some(2),
             t1,
         );

@@ -4,7 +4,7 @@
 //! duration on this replica's own monotonic clock, so clock skew between nodes cannot hand it
 //! over early.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -15,8 +15,50 @@ use kube::{Api, Client};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Whether this replica may act as the leader now. A holder renews its lease every fifth of its
+/// duration and holds it until two thirds of the duration after the last renewal it sent, on its
+/// own monotonic clock; a standby takes over only after a whole duration without a change. So a
+/// holder that was frozen (or cut off) stops in time by itself, before it learns anything.
+#[derive(Debug, Clone)]
+pub struct Leadership(Option<Arc<Mutex<Option<Instant>>>>);
+
+impl Leadership {
+    /// No election: this replica always leads.
+    pub fn unelected() -> Self {
+        Self(None)
+    }
+
+    fn elected() -> Self {
+        Self(Some(Arc::new(Mutex::new(None))))
+    }
+
+    pub fn holds(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(until) => lock(until).is_some_and(|until| Instant::now() < until),
+        }
+    }
+
+    fn hold_until(&self, until: Instant) {
+        if let Some(held) = &self.0 {
+            *lock(held) = Some(until);
+        }
+    }
+
+    fn give_up(&self) {
+        if let Some(held) = &self.0 {
+            *lock(held) = None;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct LeaderElector {
     leases: Api<Lease>,
+    leadership: Leadership,
     name: String,
     identity: String,
     lease_duration: Duration,
@@ -36,6 +78,7 @@ impl LeaderElector {
     ) -> Self {
         Self {
             leases: Api::namespaced(client, namespace),
+            leadership: Leadership::elected(),
             name: name.to_owned(),
             identity: identity.to_owned(),
             lease_duration,
@@ -47,12 +90,25 @@ impl LeaderElector {
         self.lease_duration / 5
     }
 
+    /// How long after sending a successful renewal this replica may still act.
+    fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+
+    /// This replica's leadership, for the checks before each abort and each status write.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
     /// Waits until this replica holds the lease; `false` if `shutdown` came first.
     pub async fn acquire(&self, shutdown: &CancellationToken) -> bool {
         let mut announced = false;
         loop {
+            let attempt_started = Instant::now();
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
+                    self.leadership
+                        .hold_until(attempt_started + self.renew_deadline());
                     tracing::info!(lease = %self.name, identity = %self.identity, "acquired leadership");
                     return true;
                 }
@@ -77,7 +133,7 @@ impl LeaderElector {
     /// The remaining third is the time the caller has to stop working before a standby, which
     /// waits a whole duration after the last renewal it saw, can take over.
     pub async fn hold(&self, stop: &CancellationToken) -> bool {
-        let deadline = self.lease_duration * 2 / 3;
+        let deadline = self.renew_deadline();
         // Counted from before each request: the server may have stamped the renewal at any
         // moment of a slow round trip.
         let mut last_renewal = Instant::now();
@@ -89,8 +145,12 @@ impl LeaderElector {
             let attempt_started = Instant::now();
             let attempt = tokio::time::timeout(self.retry_period(), self.try_acquire_or_renew());
             match attempt.await {
-                Ok(Ok(true)) => last_renewal = attempt_started,
+                Ok(Ok(true)) => {
+                    last_renewal = attempt_started;
+                    self.leadership.hold_until(attempt_started + deadline);
+                }
                 Ok(Ok(false)) => {
+                    self.leadership.give_up();
                     tracing::error!(lease = %self.name, "leadership lost to another replica");
                     return false;
                 }
@@ -101,6 +161,7 @@ impl LeaderElector {
                     };
                     tracing::warn!(%error, "leader election: renewal failed");
                     if last_renewal.elapsed() > deadline {
+                        self.leadership.give_up();
                         tracing::error!(lease = %self.name, "leadership lost: could not renew in time");
                         return false;
                     }
@@ -111,6 +172,7 @@ impl LeaderElector {
 
     /// Gives the lease up so that a standby takes over at once instead of after expiry.
     pub async fn release(&self) {
+        self.leadership.give_up();
         let result = async {
             let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
                 return Ok(());

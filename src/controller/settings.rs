@@ -1,37 +1,104 @@
-//! Turning a `MultipartCleanup` and its Secrets into engine settings, with problems phrased for the
-//! resource's status. Secret values go into the S3 settings and nowhere else.
+//! Turning a `MultipartCleanup` and its Secrets into engine settings, within the fences the
+//! operator set, with problems phrased for the resource's status. Secret values go into the S3
+//! settings and nowhere else.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::core::{Expression, Selector, SelectorExt};
 
-use crate::api::{self, MultipartCleanupSpec};
-use crate::max_age::MaxAge;
+use super::reason::Reason;
+use crate::api::MultipartCleanupSpec;
+use crate::max_age::{MaxAge, format_duration};
 use crate::schedule::{Schedule, ScheduleParseError};
-use crate::sweep::{AddressingStyle, CredentialSource, Limits, S3Settings, SweepOptions};
+use crate::sweep::{
+    CredentialSource, EndpointPolicy, Limits, S3Settings, SettingsError, SweepOptions,
+};
 
 pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
 
-/// The Ready reason of a spec that cannot work as written.
-pub const INVALID_SPEC: &str = "InvalidSpec";
+/// What the operator lets tenants do, whatever their resources say.
+#[derive(Debug, Clone)]
+pub struct Fences {
+    pub endpoint_policy: EndpointPolicy,
+    /// Secrets a resource may name must match it; `None` lets any Secret of the namespace.
+    pub secret_selector: Option<SecretSelector>,
+    /// The shortest time between two runs of one resource: schedules that fire more often are
+    /// refused, and run requests made sooner wait.
+    pub min_interval: Duration,
+}
+
+impl Default for Fences {
+    fn default() -> Self {
+        Self {
+            endpoint_policy: EndpointPolicy::default(),
+            secret_selector: None,
+            min_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A label selector for Secrets, as written (`team=storage,mpusweeper.io/credentials`), and
+/// parsed.
+#[derive(Debug, Clone)]
+pub struct SecretSelector {
+    pub text: String,
+    selector: Selector,
+}
+
+impl std::str::FromStr for SecretSelector {
+    type Err = String;
+
+    /// Equality-based selectors: `key=value` (or `==`), `key!=value`, `key`, `!key`, joined by
+    /// commas.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut selector = Selector::default();
+        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let expression = if let Some((key, value)) = term.split_once("!=") {
+                Expression::NotEqual(key.trim().into(), value.trim().into())
+            } else if let Some((key, value)) = term.split_once('=') {
+                let value = value.strip_prefix('=').unwrap_or(value);
+                Expression::Equal(key.trim().into(), value.trim().into())
+            } else if let Some(key) = term.strip_prefix('!') {
+                Expression::DoesNotExist(key.trim().into())
+            } else {
+                Expression::Exists(term.into())
+            };
+            selector.extend([expression]);
+        }
+        if selector.selects_all() {
+            return Err(format!(
+                "{text:?} selects nothing in particular; give at least one term like key=value"
+            ));
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            selector,
+        })
+    }
+}
+
+impl SecretSelector {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.matches(labels)
+    }
+}
 
 /// Why a resource cannot run, with the condition reason it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
-    /// Only a change to the spec or a Secret can fix it (kstatus Stalled).
-    pub stalled: bool,
 }
 
 impl Problem {
-    fn stalled(reason: &'static str, message: String) -> Self {
-        Self {
-            reason,
-            message,
-            stalled: true,
-        }
+    fn new(reason: Reason, message: String) -> Self {
+        Self { reason, message }
     }
 }
 
@@ -42,9 +109,9 @@ pub struct Plan {
     pub options: SweepOptions,
 }
 
-/// Checks the spec; nothing here touches the network.
-pub fn plan(spec: &MultipartCleanupSpec) -> Result<Plan, Problem> {
-    let invalid = |message: String| Problem::stalled(INVALID_SPEC, message);
+/// Checks the spec against the syntax and the fences; nothing here touches the network.
+pub fn plan(spec: &MultipartCleanupSpec, fences: &Fences) -> Result<Plan, Problem> {
+    let invalid = |message: String| Problem::new(Reason::InvalidSpec, message);
     let max_age: MaxAge = spec
         .max_age
         .parse()
@@ -54,6 +121,15 @@ pub fn plan(spec: &MultipartCleanupSpec) -> Result<Plan, Problem> {
             ScheduleParseError::Schedule(e) => invalid(format!("spec.schedule: {e}")),
             ScheduleParseError::TimeZone(e) => invalid(format!("spec.timeZone: {e}")),
         })?;
+    let shortest = shortest_gap(&schedule);
+    if shortest < fences.min_interval {
+        return Err(invalid(format!(
+            "spec.schedule {:?} runs as often as every {}; the operator allows one run per {} at most (--min-interval)",
+            spec.schedule,
+            format_duration(shortest),
+            format_duration(fences.min_interval)
+        )));
+    }
     let timeout = crate::max_age::parse_duration(&spec.timeout)
         .map_err(|e| invalid(format!("spec.timeout: {e}")))?;
     let options = SweepOptions {
@@ -70,31 +146,50 @@ pub fn plan(spec: &MultipartCleanupSpec) -> Result<Plan, Problem> {
     Ok(Plan { schedule, options })
 }
 
-/// Reads the referenced Secrets and builds the S3 settings.
+/// The shortest time between two runs of `schedule`, from its first few hundred runs after a
+/// fixed date (cron patterns repeat well within that).
+fn shortest_gap(schedule: &Schedule) -> Duration {
+    let mut at: Timestamp = "2026-01-01T00:00:00Z".parse().expect("static date");
+    let mut shortest = SignedDuration::MAX;
+    for _ in 0..500 {
+        let next = schedule.next_after(at);
+        if next == Timestamp::MAX {
+            break;
+        }
+        shortest = shortest.min(next.duration_since(at));
+        at = next;
+    }
+    Duration::try_from(shortest).unwrap_or(Duration::MAX)
+}
+
+/// Reads the referenced Secrets and builds the S3 settings, within the fences.
 pub async fn s3_settings(
     secrets: &Api<Secret>,
     namespace: &str,
     spec: &MultipartCleanupSpec,
     limits: &Limits,
+    fences: &Fences,
 ) -> Result<S3Settings, Problem> {
-    let credentials = read_secret(secrets, namespace, &spec.credentials_secret_ref.name).await?;
+    let reader = SecretReader {
+        secrets,
+        namespace,
+        fences,
+    };
+    let credentials = reader.data(&spec.credentials_secret_ref.name).await?;
     let text = |key: &str| -> Result<String, Problem> {
+        let name = &spec.credentials_secret_ref.name;
         let bytes = credentials.get(key).ok_or_else(|| {
-            Problem::stalled(
-                "SecretInvalid",
+            Problem::new(
+                Reason::SecretInvalid,
                 format!(
-                    "Secret {namespace}/{} has no key {key}; it needs {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY} (and optionally {SESSION_TOKEN})",
-                    spec.credentials_secret_ref.name
+                    "Secret {namespace}/{name} has no key {key}; it needs {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY} (and optionally {SESSION_TOKEN})"
                 ),
             )
         })?;
         let value = String::from_utf8(bytes.clone()).map_err(|_| {
-            Problem::stalled(
-                "SecretInvalid",
-                format!(
-                    "Secret {namespace}/{} key {key} is not UTF-8 text",
-                    spec.credentials_secret_ref.name
-                ),
+            Problem::new(
+                Reason::SecretInvalid,
+                format!("Secret {namespace}/{name} key {key} is not UTF-8 text"),
             )
         })?;
         Ok(value.trim().to_owned())
@@ -109,10 +204,10 @@ pub async fn s3_settings(
     let ca_bundle_pem = match &spec.ca_bundle_secret_ref {
         None => None,
         Some(reference) => {
-            let data = read_secret(secrets, namespace, &reference.name).await?;
+            let data = reader.data(&reference.name).await?;
             let pem = data.get(&reference.key).cloned().ok_or_else(|| {
-                Problem::stalled(
-                    "CABundleInvalid",
+                Problem::new(
+                    Reason::CABundleInvalid,
                     format!(
                         "Secret {namespace}/{} has no key {}",
                         reference.name, reference.key
@@ -126,10 +221,7 @@ pub async fn s3_settings(
     let settings = S3Settings {
         endpoint: spec.endpoint.clone(),
         region: spec.region.clone(),
-        addressing_style: match spec.addressing_style {
-            api::AddressingStyle::Virtual => AddressingStyle::Virtual,
-            api::AddressingStyle::Path => AddressingStyle::Path,
-        },
+        addressing_style: spec.addressing_style,
         ca_bundle_pem,
         credentials: CredentialSource::Static {
             access_key_id,
@@ -137,46 +229,70 @@ pub async fn s3_settings(
             session_token,
         },
         limits: limits.clone(),
-        time_source: None,
-        http_client: None,
+        endpoint_policy: fences.endpoint_policy.clone(),
+        ..S3Settings::default()
     };
     settings.validate().map_err(|e| {
         let reason = match e {
-            crate::sweep::SettingsError::CaBundle(_) => "CABundleInvalid",
-            crate::sweep::SettingsError::Credentials(_) => "SecretInvalid",
-            _ => INVALID_SPEC,
+            SettingsError::CaBundle(_) => Reason::CABundleInvalid,
+            SettingsError::Credentials(_) => Reason::SecretInvalid,
+            SettingsError::Forbidden(_) => Reason::EndpointForbidden,
+            _ => Reason::InvalidSpec,
         };
-        Problem::stalled(reason, e.to_string())
+        Problem::new(reason, e.to_string())
     })?;
     Ok(settings)
 }
 
-async fn read_secret(
-    secrets: &Api<Secret>,
-    namespace: &str,
-    name: &str,
-) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Problem> {
-    match secrets.get_opt(name).await {
-        Ok(Some(secret)) => Ok(secret
+/// Reads the Secrets one resource names, if the operator lets it.
+struct SecretReader<'a> {
+    secrets: &'a Api<Secret>,
+    namespace: &'a str,
+    fences: &'a Fences,
+}
+
+impl SecretReader<'_> {
+    async fn data(&self, name: &str) -> Result<BTreeMap<String, Vec<u8>>, Problem> {
+        let namespace = self.namespace;
+        let secret = match self.secrets.get_opt(name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                return Err(Problem::new(
+                    Reason::SecretNotFound,
+                    format!(
+                        "Secret {namespace}/{name} not found; create it with keys {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}"
+                    ),
+                ));
+            }
+            Err(err) => {
+                return Err(Problem::new(
+                    Reason::SecretUnreadable,
+                    format!(
+                        "cannot read Secret {namespace}/{name}: {}",
+                        api_error_summary(&err)
+                    ),
+                ));
+            }
+        };
+        if let Some(selector) = &self.fences.secret_selector {
+            let labels = secret.metadata.labels.clone().unwrap_or_default();
+            if !selector.matches(&labels) {
+                // Nothing of the Secret is used, or told: only that it is not one tenants may use.
+                return Err(Problem::new(
+                    Reason::SecretNotAllowed,
+                    format!(
+                        "Secret {namespace}/{name} is not marked for use by mpu-sweeper: the operator requires the labels {:?}",
+                        selector.text
+                    ),
+                ));
+            }
+        }
+        Ok(secret
             .data
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k, v.0))
-            .collect()),
-        Ok(None) => Err(Problem::stalled(
-            "SecretNotFound",
-            format!(
-                "Secret {namespace}/{name} not found; create it with keys {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}"
-            ),
-        )),
-        Err(err) => Err(Problem {
-            reason: "SecretUnreadable",
-            message: format!(
-                "cannot read Secret {namespace}/{name}: {}",
-                api_error_summary(&err)
-            ),
-            stalled: false,
-        }),
+            .collect())
     }
 }
 
@@ -215,20 +331,67 @@ mod tests {
             (serde_json::json!({"concurrency": 0}), "concurrency"),
             (serde_json::json!({"timeout": "0s"}), "spec.timeout"),
         ] {
-            let problem = plan(&spec(patch.clone())).unwrap_err();
-            assert_eq!(problem.reason, "InvalidSpec", "{patch}");
-            assert!(problem.stalled);
+            let problem = plan(&spec(patch.clone()), &Fences::default()).unwrap_err();
+            assert_eq!(problem.reason, Reason::InvalidSpec, "{patch}");
+            assert!(problem.reason.stalled());
             assert!(
                 problem.message.contains(field),
                 "{patch}: {}",
                 problem.message
             );
         }
-        let ok = plan(&spec(
-            serde_json::json!({"schedule": "@every 5m", "prefix": "logs/"}),
-        ))
+        let ok = plan(
+            &spec(serde_json::json!({"schedule": "@every 5m", "prefix": "logs/"})),
+            &Fences::default(),
+        )
         .unwrap();
         assert_eq!(ok.options.prefix.as_deref(), Some("logs/"));
-        assert_eq!(ok.options.timeout, std::time::Duration::from_secs(3_600));
+        assert_eq!(ok.options.timeout, Duration::from_secs(3_600));
+    }
+
+    #[test]
+    fn schedules_more_frequent_than_the_minimum_interval_are_refused() {
+        let fences = Fences::default();
+        for too_often in ["@every 1s", "@every 4m59s", "* * * * *", "0,1 * * * *"] {
+            let problem =
+                plan(&spec(serde_json::json!({"schedule": too_often})), &fences).unwrap_err();
+            assert_eq!(problem.reason, Reason::InvalidSpec);
+            assert!(
+                problem
+                    .message
+                    .contains("one run per 5m at most (--min-interval)"),
+                "{too_often}: {}",
+                problem.message
+            );
+        }
+        for fine in ["@every 5m", "*/5 * * * *", "@hourly", "0 3 * * *"] {
+            assert!(
+                plan(&spec(serde_json::json!({"schedule": fine})), &fences).is_ok(),
+                "{fine}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_selectors_parse_the_equality_forms() {
+        let selector: SecretSelector = "team=storage, tier==gold,!legacy,usable,env!=dev"
+            .parse()
+            .unwrap();
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let good = labels(&[("team", "storage"), ("tier", "gold"), ("usable", "")]);
+        assert!(selector.matches(&good));
+        let mut legacy = good.clone();
+        legacy.insert("legacy".into(), "yes".into());
+        assert!(!selector.matches(&legacy));
+        let mut dev = good.clone();
+        dev.insert("env".into(), "dev".into());
+        assert!(!selector.matches(&dev));
+        assert!(!selector.matches(&labels(&[("team", "storage")])));
+        assert!("".parse::<SecretSelector>().is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! retries and timeouts.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -13,12 +14,32 @@ use aws_smithy_async::time::SharedTimeSource;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+
 use super::body_cap::{BodyCap, MAX_ANSWER_BYTES};
+use super::endpoint_policy::{EndpointForbidden, EndpointPolicy};
+use super::error::SendRefused;
 
 pub const DEFAULT_REGION: &str = "us-east-1";
 
-/// How requests name the bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+/// How requests name the bucket. The resource's `spec.addressingStyle` and the command's
+/// `--addressing-style` are this type.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum AddressingStyle {
     /// `https://bucket.endpoint/key` (AWS's default and the only one some providers accept).
@@ -87,6 +108,46 @@ pub struct S3Settings {
     /// Replaces the HTTPS client (and its trust roots); the fuzz targets answer from memory
     /// through it.
     pub http_client: Option<SharedHttpClient>,
+    /// Which endpoints and addresses may be connected to.
+    pub endpoint_policy: EndpointPolicy,
+    /// Asked right before each request goes out; a request it refuses is not sent.
+    pub send_gate: Option<SendGate>,
+}
+
+/// Whether requests may still be sent: `None` for yes, or why not. The operator closes it when
+/// it stops being the leader, so that no abort goes out after a standby could have taken over.
+#[derive(Clone)]
+pub struct SendGate(Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl SendGate {
+    pub fn new(check: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(check))
+    }
+}
+
+impl fmt::Debug for SendGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SendGate")
+    }
+}
+
+impl Intercept for SendGate {
+    fn name(&self) -> &'static str {
+        "SendGate"
+    }
+
+    /// The last moment before the request is handed to the connection.
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        match (self.0)() {
+            None => Ok(()),
+            Some(why) => Err(Box::new(SendRefused(why))),
+        }
+    }
 }
 
 impl Default for S3Settings {
@@ -100,6 +161,8 @@ impl Default for S3Settings {
             limits: Limits::default(),
             time_source: None,
             http_client: None,
+            endpoint_policy: EndpointPolicy::unrestricted(),
+            send_gate: None,
         }
     }
 }
@@ -117,14 +180,21 @@ pub enum SettingsError {
     CaBundle(String),
     #[error("invalid credentials: {0}")]
     Credentials(&'static str),
+    #[error("endpoint not allowed: {0}")]
+    Forbidden(#[from] EndpointForbidden),
 }
 
 impl S3Settings {
     /// Checks what can be checked without the network.
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if let Some(endpoint) = &self.endpoint {
-            validate_endpoint(endpoint)?;
-        }
+        let (scheme, host) = match &self.endpoint {
+            Some(endpoint) => validate_endpoint(endpoint)?,
+            None => (
+                "https".to_owned(),
+                format!("s3.{}.amazonaws.com", self.region),
+            ),
+        };
+        self.endpoint_policy.check_endpoint(&scheme, &host)?;
         let region_ok = !self.region.is_empty()
             && self
                 .region
@@ -163,12 +233,14 @@ impl S3Settings {
             .with_trust_store(trust_store)
             .build()
             .map_err(|e| SettingsError::CaBundle(e.to_string()))?;
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context);
         let http_client = match &self.http_client {
             Some(client) => client.clone(),
-            None => aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-                .tls_context(tls_context)
-                .build_https(),
+            None if self.endpoint_policy == EndpointPolicy::unrestricted() => https.build_https(),
+            // Every connection asks the policy about the addresses DNS gives.
+            None => https.build_with_resolver(self.endpoint_policy.resolver()),
         };
 
         let limits = &self.limits;
@@ -219,15 +291,21 @@ impl S3Settings {
         if let Some(endpoint) = &self.endpoint {
             s3_config = s3_config.endpoint_url(endpoint.trim_end_matches('/'));
         }
+        if let Some(gate) = &self.send_gate {
+            s3_config = s3_config.interceptor(gate.clone());
+        }
         Ok(aws_sdk_s3::Client::from_conf(s3_config.build()))
     }
 }
 
-fn validate_endpoint(endpoint: &str) -> Result<(), SettingsError> {
+/// The endpoint's scheme and host, when it is an http(s) URL with a host.
+fn validate_endpoint(endpoint: &str) -> Result<(String, String), SettingsError> {
     let bad = || SettingsError::Endpoint(endpoint.to_owned());
     let uri: http::Uri = endpoint.parse().map_err(|_| bad())?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(()),
+        (Some(scheme @ ("http" | "https")), Some(host)) if !host.is_empty() => {
+            Ok((scheme.to_owned(), host.to_owned()))
+        }
         _ => Err(bad()),
     }
 }

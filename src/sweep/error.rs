@@ -6,6 +6,7 @@ use std::fmt;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
+use super::endpoint_policy::EndpointForbidden;
 use crate::text;
 
 /// What went wrong, coarsely; callers decide retry and exit status from this.
@@ -28,6 +29,12 @@ pub enum S3ErrorKind {
     ServerError,
     /// The answer was larger than any real answer to the request can be; it was not read.
     AnswerTooLarge,
+    /// The endpoint policy forbids the address the endpoint resolved to; no connection was made.
+    EndpointForbidden,
+    /// The TLS handshake failed (an untrusted certificate, most often).
+    Tls,
+    /// The caller's send gate refused the request (see `S3Settings::send_gate`); nothing was sent.
+    SendRefused,
     /// Anything else, including answers that could not be parsed.
     Other,
 }
@@ -124,6 +131,14 @@ impl S3Error {
                 None,
                 "the request timed out (no complete answer within the attempt timeout)",
             ),
+            SdkError::DispatchFailure(_) if find_source::<EndpointForbidden>(err).is_some() => {
+                let why = find_source::<EndpointForbidden>(err).expect("checked");
+                Self::new(S3ErrorKind::EndpointForbidden, None, why.to_string()).never_arrived()
+            }
+            SdkError::DispatchFailure(_) if find_source::<SendRefused>(err).is_some() => {
+                let why = find_source::<SendRefused>(err).expect("checked");
+                Self::new(S3ErrorKind::SendRefused, None, why.to_string()).never_arrived()
+            }
             SdkError::DispatchFailure(failure) => {
                 let chain = error_chain(err);
                 let detail = text::safe(&chain, text::SERVER_MESSAGE_MAX_BYTES);
@@ -143,6 +158,13 @@ impl S3Error {
                              AWS_SECRET_ACCESS_KEY or configure a profile"
                         ),
                     )
+                } else if is_tls_failure(&chain) {
+                    Self::new(
+                        S3ErrorKind::Tls,
+                        None,
+                        format!("the TLS handshake failed: {detail}"),
+                    )
+                    .never_arrived()
                 } else if failure.is_io() {
                     let error = Self::new(
                         S3ErrorKind::Unreachable,
@@ -322,6 +344,20 @@ fn binary_size(bytes: u64) -> String {
         b => format!("{b} bytes"),
     }
 }
+
+/// Whether a dispatch failure is a TLS handshake that failed (rustls names certificates and
+/// handshakes in its errors).
+fn is_tls_failure(chain: &str) -> bool {
+    let chain = chain.to_ascii_lowercase();
+    ["certificate", "handshake", "invalid peer", "tls"]
+        .iter()
+        .any(|sign| chain.contains(sign))
+}
+
+/// A request the caller's send gate held back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not sent: {0}")]
+pub struct SendRefused(pub String);
 
 /// Whether a dispatch failure happened while connecting (refused, no route, name not resolved),
 /// so that the request never left. hyper-util names these "client error (Connect)".

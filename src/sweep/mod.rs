@@ -6,6 +6,7 @@ mod abort;
 mod body_cap;
 mod client;
 mod congestion;
+mod endpoint_policy;
 mod error;
 mod listing;
 mod requests;
@@ -27,8 +28,9 @@ use crate::text;
 pub use abort::{AbortOptions, MAX_ABORT_ATTEMPTS, UploadOutcome};
 pub use body_cap::MAX_ANSWER_BYTES;
 pub use client::{
-    AddressingStyle, CredentialSource, DEFAULT_REGION, Limits, S3Settings, SettingsError,
+    AddressingStyle, CredentialSource, DEFAULT_REGION, Limits, S3Settings, SendGate, SettingsError,
 };
+pub use endpoint_policy::{DEFAULT_DENIED, EndpointForbidden, EndpointPolicy};
 pub use error::{RetryClass, S3Error, S3ErrorKind};
 pub use listing::{ListedUpload, MAX_PAGES, ServerDate, parse_server_date};
 pub use requests::RetryPolicy;

@@ -129,10 +129,16 @@ impl RunState {
             return;
         };
         tracing::warn!(upload = %upload, error = %err, "abort failed");
-        // A server that stopped answering would fail every remaining upload one by one: stop
-        // instead; the next run picks up where this one stopped.
-        if matches!(err.kind, S3ErrorKind::Unreachable | S3ErrorKind::Timeout)
-            && self.stop.is_none()
+        // A server that stopped answering (or that may not be reached at all) would fail every
+        // remaining upload one by one: stop instead.
+        if matches!(
+            err.kind,
+            S3ErrorKind::Unreachable
+                | S3ErrorKind::Timeout
+                | S3ErrorKind::Tls
+                | S3ErrorKind::EndpointForbidden
+                | S3ErrorKind::SendRefused
+        ) && self.stop.is_none()
         {
             self.listing_done = true;
             self.pending.clear();

@@ -1,0 +1,215 @@
+//! Which due sweeps run now and which wait: at most so many at once in all, and at most so many
+//! of one namespace, so that one tenant's long or stalled sweeps cannot take every slot. Pure
+//! bookkeeping; the controller starts and ends the sweeps.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::decide::Activity;
+
+/// A due sweep of one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub namespace: String,
+    pub name: String,
+    /// The resource's UID when it was found due; a resource deleted and created again under the
+    /// same name is another resource.
+    pub uid: String,
+}
+
+impl Ticket {
+    fn key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+#[derive(Debug)]
+pub struct SweepQueue {
+    max_total: usize,
+    max_per_namespace: usize,
+    waiting: VecDeque<Ticket>,
+    running: Vec<Ticket>,
+    running_per_namespace: HashMap<String, usize>,
+}
+
+impl SweepQueue {
+    pub fn new(max_total: usize, max_per_namespace: usize) -> Self {
+        Self {
+            max_total: max_total.max(1),
+            max_per_namespace: max_per_namespace.max(1),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            running_per_namespace: HashMap::new(),
+        }
+    }
+
+    /// What is happening to the resource named by `ticket`. A sweep of an earlier resource of
+    /// the same name counts as running: the two must not sweep at once.
+    pub fn activity(&self, ticket: &Ticket) -> Activity {
+        if self.running.iter().any(|t| t.key() == ticket.key()) {
+            Activity::Running
+        } else if self.waiting.iter().any(|t| t == ticket) {
+            Activity::Queued
+        } else {
+            Activity::Idle
+        }
+    }
+
+    /// Queues a due sweep, unless it is queued or running already; a ticket of an earlier
+    /// resource of the same name is replaced.
+    pub fn enqueue(&mut self, ticket: Ticket) {
+        if self.activity(&ticket) != Activity::Idle {
+            return;
+        }
+        self.waiting.retain(|t| t.key() != ticket.key());
+        self.waiting.push_back(ticket);
+    }
+
+    /// Takes a sweep that is no longer due (suspended, spec changed, deleted) out of the queue.
+    pub fn withdraw(&mut self, namespace: &str, name: &str) {
+        self.waiting.retain(|t| t.key() != (namespace, name));
+    }
+
+    /// The first waiting sweep that may start now: a slot is free and its namespace is under its
+    /// share. It counts as running from here on.
+    pub fn start_next(&mut self) -> Option<Ticket> {
+        if self.running.len() >= self.max_total {
+            return None;
+        }
+        let startable = |ticket: &Ticket| {
+            self.running_per_namespace
+                .get(&ticket.namespace)
+                .copied()
+                .unwrap_or(0)
+                < self.max_per_namespace
+                && !self.running.iter().any(|t| t.key() == ticket.key())
+        };
+        let index = self.waiting.iter().position(startable)?;
+        let ticket = self.waiting.remove(index)?;
+        *self
+            .running_per_namespace
+            .entry(ticket.namespace.clone())
+            .or_default() += 1;
+        self.running.push(ticket.clone());
+        Some(ticket)
+    }
+
+    /// A sweep started by [`Self::start_next`] ended.
+    pub fn finished(&mut self, ticket: &Ticket) {
+        let Some(index) = self.running.iter().position(|t| t == ticket) else {
+            return;
+        };
+        self.running.swap_remove(index);
+        if let Some(count) = self.running_per_namespace.get_mut(&ticket.namespace) {
+            *count -= 1;
+            if *count == 0 {
+                self.running_per_namespace.remove(&ticket.namespace);
+            }
+        }
+    }
+
+    /// Whether [`Self::start_next`] would start `ticket` now (given what waits before it).
+    pub fn can_start(&self, ticket: &Ticket) -> bool {
+        let mut total = self.running.len();
+        let mut per_namespace = self.running_per_namespace.clone();
+        for waiting in &self.waiting {
+            let in_namespace = per_namespace.entry(waiting.namespace.clone()).or_default();
+            let startable = total < self.max_total
+                && *in_namespace < self.max_per_namespace
+                && !self.running.iter().any(|t| t.key() == waiting.key());
+            if waiting == ticket {
+                return startable;
+            }
+            if startable {
+                total += 1;
+                *in_namespace += 1;
+            }
+        }
+        false
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(namespace: &str, name: &str) -> Ticket {
+        Ticket {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: format!("{namespace}/{name}-1"),
+        }
+    }
+
+    #[test]
+    fn one_namespace_cannot_take_every_slot() {
+        let mut queue = SweepQueue::new(4, 2);
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            queue.enqueue(ticket("busy", name));
+        }
+        assert!(queue.can_start(&ticket("busy", "b")));
+        assert!(
+            !queue.can_start(&ticket("busy", "c")),
+            "two of busy start first"
+        );
+        assert_eq!(queue.start_next(), Some(ticket("busy", "a")));
+        assert_eq!(queue.start_next(), Some(ticket("busy", "b")));
+        assert_eq!(queue.start_next(), None, "busy has its two");
+        queue.enqueue(ticket("quiet", "x"));
+        assert_eq!(
+            queue.start_next(),
+            Some(ticket("quiet", "x")),
+            "waits behind nobody"
+        );
+        queue.finished(&ticket("busy", "a"));
+        assert_eq!(queue.start_next(), Some(ticket("busy", "c")));
+        assert_eq!((queue.running(), queue.waiting()), (3, 3));
+    }
+
+    #[test]
+    fn the_total_caps_all_namespaces_together() {
+        let mut queue = SweepQueue::new(2, 2);
+        for namespace in ["n1", "n2", "n3"] {
+            queue.enqueue(ticket(namespace, "r"));
+        }
+        assert!(queue.start_next().is_some());
+        assert!(queue.start_next().is_some());
+        assert_eq!(queue.start_next(), None);
+    }
+
+    #[test]
+    fn tickets_are_queued_once_and_can_be_withdrawn() {
+        let mut queue = SweepQueue::new(1, 1);
+        queue.enqueue(ticket("n", "r"));
+        queue.enqueue(ticket("n", "r"));
+        assert_eq!(queue.waiting(), 1);
+        assert_eq!(queue.activity(&ticket("n", "r")), Activity::Queued);
+        queue.withdraw("n", "r");
+        assert_eq!(queue.activity(&ticket("n", "r")), Activity::Idle);
+        assert_eq!(queue.start_next(), None);
+    }
+
+    #[test]
+    fn a_recreated_resource_waits_for_the_sweep_of_its_predecessor() {
+        let mut queue = SweepQueue::new(4, 4);
+        queue.enqueue(ticket("n", "r"));
+        let old = queue.start_next().unwrap();
+        let recreated = Ticket {
+            uid: "n/r-2".into(),
+            ..old.clone()
+        };
+        assert_eq!(queue.activity(&recreated), Activity::Running);
+        queue.enqueue(recreated.clone());
+        assert_eq!(queue.start_next(), None, "not while the old one runs");
+        queue.finished(&old);
+        queue.enqueue(recreated.clone());
+        assert_eq!(queue.start_next(), Some(recreated));
+    }
+}

@@ -1,0 +1,255 @@
+//! Sweeps, beside the reconciles: the dispatcher starts queued sweeps as slots free up, and each
+//! sweep looks at its resource once more, marks it Running, reads its Secrets, sweeps, and writes
+//! what happened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::conditions::Health;
+use super::decide::{Activity, backoff};
+use super::queue::Ticket;
+use super::reason::Reason;
+use super::reconcile::{Due, Examined, examine, set_health, warn_if_new};
+use super::verdict::{judge, run_summary, saturating_i64};
+use super::{Context, Error, settings};
+use crate::api::MultipartCleanup;
+use crate::metrics::ResourceLabels;
+use crate::sweep::{self, NoProgress, SendGate, SweepStop};
+
+/// Starts queued sweeps as slots free up, until the controller stops; then waits for the sweeps
+/// under way to wind down (they finish their aborts in flight and write their status).
+pub async fn dispatch(ctx: Arc<Context>) {
+    let mut sweeps = JoinSet::new();
+    loop {
+        while let Some(ticket) = ctx.queue().start_next() {
+            sweeps.spawn(sweep_ticket(ctx.clone(), ticket));
+        }
+        {
+            let queue = ctx.queue();
+            ctx.metrics.set_sweeps(queue.running(), queue.waiting());
+        }
+        tokio::select! {
+            () = ctx.queue_changed.notified() => {}
+            Some(_) = sweeps.join_next(), if !sweeps.is_empty() => {}
+            () = ctx.stop.cancelled() => break,
+        }
+    }
+    while sweeps.join_next().await.is_some() {}
+}
+
+/// Frees the ticket's slot however the sweep ends (a panic included).
+struct Slot {
+    ctx: Arc<Context>,
+    ticket: Ticket,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.ctx.queue().finished(&self.ticket);
+        self.ctx.queue_changed.notify_one();
+    }
+}
+
+async fn sweep_ticket(ctx: Arc<Context>, ticket: Ticket) {
+    let _slot = Slot {
+        ctx: ctx.clone(),
+        ticket: ticket.clone(),
+    };
+    if let Err(err) = sweep_resource(&ctx, &ticket).await {
+        tracing::warn!(namespace = %ticket.namespace, name = %ticket.name, error = %err, "sweep could not finish");
+        let reason = match err {
+            Error::Kube(_) => "KubernetesApi",
+            Error::NotLeader => "NotLeader",
+        };
+        ctx.metrics
+            .reconcile_error(&ticket.namespace, &ticket.name, reason);
+    }
+}
+
+async fn sweep_resource(ctx: &Context, ticket: &Ticket) -> Result<(), Error> {
+    if ctx.stop.is_cancelled() || !ctx.leadership.holds() {
+        return Ok(());
+    }
+    let api: Api<MultipartCleanup> = Api::namespaced(ctx.client.clone(), &ticket.namespace);
+    // The ticket may have waited long for its slot: look at the resource again, so that a spec
+    // changed meanwhile (suspended, dry run, another bucket), or a resource deleted or created
+    // anew, is not swept as it was.
+    let Some(mpc) = api.get_opt(&ticket.name).await? else {
+        return Ok(());
+    };
+    if mpc.metadata.uid.as_deref() != Some(ticket.uid.as_str()) {
+        return Ok(());
+    }
+    let Examined::Due(due) = examine(ctx, &api, &mpc, Activity::Idle).await? else {
+        return Ok(());
+    };
+    let Due {
+        mpc,
+        mut status,
+        plan,
+    } = *due;
+    let now = Timestamp::now();
+    let generation = mpc.metadata.generation;
+    status.last_handled_run_request = mpc
+        .annotations()
+        .get(crate::api::RUN_REQUESTED_ANNOTATION)
+        .cloned();
+    let running = Health::working(
+        Reason::Running,
+        format!("sweeping bucket {}", mpc.spec.bucket),
+    );
+    set_health(&mut status, &running, generation, now);
+    let Some(mpc) = ctx.writer.write(&api, &mpc, &status).await? else {
+        return Ok(());
+    };
+
+    let labels = ResourceLabels {
+        namespace: &ticket.namespace,
+        name: &ticket.name,
+        bucket: &mpc.spec.bucket,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ticket.namespace);
+    let settings = settings::s3_settings(
+        &secrets,
+        &ticket.namespace,
+        &mpc.spec,
+        &ctx.limits,
+        &ctx.fences,
+    )
+    .await;
+    let mut settings = match settings {
+        Ok(settings) => settings,
+        Err(problem) => {
+            ctx.metrics.run_not_started(&labels);
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            status.next_run_time = Some(Time(now + backoff(status.consecutive_failures)));
+            set_health(
+                &mut status,
+                &Health::not_ready(problem.reason, &problem.message),
+                generation,
+                now,
+            );
+            let before = mpc.status.clone().unwrap_or_default();
+            warn_if_new(ctx, &mpc, &before, &problem).await;
+            ctx.writer.write_final(&api, &mpc, &status).await?;
+            return Ok(());
+        }
+    };
+    // No request goes out once this replica may no longer lead: a standby may be sweeping.
+    let leadership = ctx.leadership.clone();
+    settings.send_gate = Some(SendGate::new(move || {
+        (!leadership.holds()).then(|| "this controller no longer holds the leader lease".to_owned())
+    }));
+    let client = match settings.client().await {
+        Ok(client) => client,
+        Err(err) => {
+            // validate() passed in s3_settings, so this is unexpected; a spec problem.
+            set_health(
+                &mut status,
+                &Health::not_ready(Reason::InvalidSpec, err.to_string()),
+                generation,
+                now,
+            );
+            ctx.writer.write_final(&api, &mpc, &status).await?;
+            return Ok(());
+        }
+    };
+
+    tracing::info!(namespace = %ticket.namespace, name = %ticket.name, bucket = %mpc.spec.bucket, "sweep starting");
+    // A sweep stops early at shutdown, and also when its resource is deleted, replaced or its
+    // spec changes (suspend, dryRun, bucket...): the run a user is trying to stop must not go on.
+    let run_cancel = ctx.stop.child_token();
+    let watch = tokio::spawn(cancel_on_change(
+        ctx.stores.clone(),
+        ObjectRef::from_obj(&mpc),
+        mpc.metadata.uid.clone(),
+        generation,
+        run_cancel.clone(),
+    ));
+    let outcome = sweep::sweep(&client, &plan.options, &NoProgress, &run_cancel).await;
+    watch.abort();
+    let interrupted_by = if !ctx.leadership.holds() {
+        "the loss of leadership"
+    } else if ctx.stop.is_cancelled() {
+        "controller shutdown"
+    } else {
+        "a change to the resource (deleted, replaced, or its spec edited)"
+    };
+    let verdict = judge(&outcome, interrupted_by);
+    let summary = &outcome.summary;
+    tracing::info!(
+        namespace = %ticket.namespace, name = %ticket.name, found = summary.found, stale = summary.stale,
+        aborted = summary.aborted, failed = summary.failed, result = verdict.result, "sweep finished"
+    );
+    ctx.metrics
+        .sweep_finished(&labels, summary, verdict.result, verdict.success);
+
+    let completed = Timestamp::now();
+    status.last_run = Some(run_summary(&outcome, verdict.error.clone()));
+    status.total_aborted = status
+        .total_aborted
+        .saturating_add(saturating_i64(summary.aborted));
+    let next = if verdict.success {
+        status.consecutive_failures = 0;
+        status.last_successful_run_time = Some(Time(summary.completion_time));
+        plan.schedule.next_after(summary.start_time)
+    } else if matches!(outcome.stop, Some(SweepStop::Cancelled)) {
+        // Interrupted: due again as soon as a controller picks it up.
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        completed
+    } else {
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        completed + backoff(status.consecutive_failures)
+    };
+    status.next_run_time = Some(Time(next));
+    set_health(&mut status, &verdict.health, generation, completed);
+    // Losing this write would lose the run's counts and sweep the bucket again: it is retried,
+    // and kept for the next reconcile if the API server stays away.
+    if ctx.writer.write_final(&api, &mpc, &status).await?.is_some() {
+        ctx.publish(
+            &mpc,
+            verdict.event_type,
+            verdict.health.reason,
+            &verdict.health.message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// How often a running sweep looks at its resource in the watch cache.
+const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Cancels `cancel` once the watch cache no longer holds the resource, holds another resource
+/// of the same name, or holds a newer generation of it (a spec edit). The cache, not the API
+/// server, is asked: the watch already brings every change, so the check costs no request.
+async fn cancel_on_change(
+    stores: Vec<Store<MultipartCleanup>>,
+    resource: ObjectRef<MultipartCleanup>,
+    uid: Option<String>,
+    generation: Option<i64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::time::sleep(CHANGE_CHECK_INTERVAL).await;
+        let current = stores.iter().find_map(|store| store.get(&resource));
+        // Newer, not merely different: the cache may still hold the generation before the one
+        // this run read from the API server.
+        let changed = current.is_none_or(|current| {
+            current.metadata.uid != uid || current.metadata.generation > generation
+        });
+        if changed {
+            tracing::info!(resource = %resource, "resource deleted, replaced or changed during its sweep; stopping it");
+            cancel.cancel();
+            return;
+        }
+    }
+}

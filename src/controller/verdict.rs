@@ -1,0 +1,324 @@
+//! How a finished sweep reads in status, metrics and Events.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
+
+use super::conditions::{self, Health};
+use super::reason::Reason;
+use crate::api::RunSummary;
+use crate::sweep::{S3Error, S3ErrorKind, SweepOutcome, SweepStop};
+use crate::text;
+
+/// The verdict on one run.
+#[derive(Debug)]
+pub struct Verdict {
+    pub health: Health,
+    pub success: bool,
+    /// The `result` label of `mpu_sweeper_runs_total`.
+    pub result: &'static str,
+    pub event_type: EventType,
+    pub error: Option<String>,
+}
+
+/// What a run did, in the words of the Ready condition and the Event.
+pub fn counts_text(run: &RunSummary) -> String {
+    if run.dry_run {
+        return format!(
+            "dry run: {} of {} uploads are stale and would be aborted",
+            run.stale, run.found
+        );
+    }
+    let mut text = format!("aborted {} of {} stale uploads", run.aborted, run.stale);
+    if run.already_gone > 0 {
+        text.push_str(&format!(" ({} already gone)", run.already_gone));
+    }
+    if let Some(bytes) = run.bytes_freed {
+        text.push_str(&format!(", {bytes} bytes freed"));
+    }
+    if run.skipped > 0 {
+        text.push_str(&format!(
+            "; {} skipped (listed without a usable initiation time)",
+            run.skipped
+        ));
+    }
+    if run.throttled > 0 {
+        text.push_str(&format!(
+            "; the server throttled {} requests, which were retried more slowly",
+            run.throttled
+        ));
+    }
+    text
+}
+
+/// The verdict on `outcome`; `interrupted_by` names what cancelled the sweep, if it was.
+pub fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
+    let s = &outcome.summary;
+    let counts = counts_text(&run_summary(outcome, None));
+    let failed = |reason: Reason, result: &'static str, message: String| Verdict {
+        health: Health::not_ready(reason, message.clone()),
+        success: false,
+        result,
+        event_type: EventType::Warning,
+        error: Some(message),
+    };
+    match &outcome.stop {
+        None if s.failed == 0 => Verdict {
+            health: Health::ready(counts),
+            success: true,
+            result: "succeeded",
+            event_type: EventType::Normal,
+            error: None,
+        },
+        None => {
+            let example = s.failures.first().map_or_else(String::new, |f| {
+                format!("; first failure: {} ({})", f.message, f.code)
+            });
+            let message = format!("{counts}; {} aborts failed{example}", s.failed);
+            failed(Reason::AbortsFailed, "partial", message)
+        }
+        Some(SweepStop::Cancelled) => failed(
+            Reason::Interrupted,
+            "interrupted",
+            format!(
+                "interrupted by {interrupted_by} after {counts}; the next run lists the bucket again"
+            ),
+        ),
+        Some(SweepStop::DeadlineExceeded(limit)) => {
+            let limit = crate::max_age::format_duration(*limit);
+            let message = format!(
+                "the run's time limit (spec.timeout {limit}) passed after listing {} uploads ({counts}); the next run lists the bucket again from the start; raise spec.timeout if listing it takes longer",
+                s.found
+            );
+            failed(Reason::DeadlineExceeded, "deadline_exceeded", message)
+        }
+        Some(stop @ (SweepStop::ListingFailed(err) | SweepStop::ServerUnreachable(err))) => {
+            let (reason, advice) = reason_and_advice(err);
+            let cause = shown_cause(err);
+            let message = match stop {
+                SweepStop::ListingFailed(_) if s.found == 0 => {
+                    format!(
+                        "cannot list uploads of bucket {}: {cause}; {advice}",
+                        s.bucket
+                    )
+                }
+                _ => format!(
+                    "stopped after listing {} uploads ({counts}): {cause}; {advice}",
+                    s.found
+                ),
+            };
+            failed(reason, "failed", message)
+        }
+    }
+}
+
+fn reason_and_advice(err: &S3Error) -> (Reason, &'static str) {
+    match err.kind {
+        S3ErrorKind::InvalidCredentials => (
+            Reason::CredentialsRejected,
+            "fix the credentials in the Secret",
+        ),
+        S3ErrorKind::AccessDenied => (
+            Reason::AccessDenied,
+            "grant the credentials access to the bucket",
+        ),
+        S3ErrorKind::NoSuchBucket => (
+            Reason::BucketNotFound,
+            "check spec.bucket, spec.endpoint and spec.region",
+        ),
+        S3ErrorKind::EndpointForbidden => (
+            Reason::EndpointForbidden,
+            "choose an endpoint the operator allows",
+        ),
+        S3ErrorKind::Unreachable | S3ErrorKind::Timeout | S3ErrorKind::Tls => (
+            Reason::EndpointUnreachable,
+            "check spec.endpoint and the network; retrying with backoff",
+        ),
+        _ => (Reason::ListingFailed, "retrying with backoff"),
+    }
+}
+
+/// What the status says of a failure: for answers, the server's own words (escaped and cut);
+/// for connections, only the class of the cause. Whether a connection was refused, reset or
+/// timed out would tell a tenant about the network from the controller's position (a port
+/// scanner with a status field); the controller's log keeps the details.
+fn shown_cause(err: &S3Error) -> String {
+    match err.kind {
+        S3ErrorKind::Unreachable if !err.may_have_arrived => "could not connect to the endpoint".into(),
+        S3ErrorKind::Unreachable => "the connection to the endpoint broke".into(),
+        S3ErrorKind::Timeout => "the endpoint did not answer in time".into(),
+        S3ErrorKind::Tls => {
+            "the TLS handshake with the endpoint failed (is its certificate trusted? see spec.caBundleSecretRef)".into()
+        }
+        _ => err.message.clone(),
+    }
+}
+
+/// The longest `lastRun.error` and warning written; like condition messages, bounded so that no
+/// server text can swell the object past what the API server stores.
+const RUN_TEXT_MAX_BYTES: usize = conditions::MESSAGE_MAX_BYTES;
+
+pub fn run_summary(outcome: &SweepOutcome, error: Option<String>) -> RunSummary {
+    let s = &outcome.summary;
+    RunSummary {
+        start_time: Time(s.start_time),
+        completion_time: Time(s.completion_time),
+        found: saturating_i64(s.found),
+        stale: saturating_i64(s.stale),
+        aborted: saturating_i64(s.aborted),
+        already_gone: saturating_i64(s.already_gone),
+        skipped: saturating_i64(s.skipped),
+        failed: saturating_i64(s.failed),
+        throttled: saturating_i64(s.throttled),
+        bytes_freed: s.bytes_freed.map(saturating_i64),
+        dry_run: s.dry_run,
+        error: error.map(|e| text::bounded(&e, RUN_TEXT_MAX_BYTES)),
+        warnings: s
+            .warnings
+            .iter()
+            .map(|w| text::bounded(w, RUN_TEXT_MAX_BYTES / 2))
+            .collect(),
+    }
+}
+
+/// Counts are `u64` in the engine and `int64` in the API.
+pub fn saturating_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::max_age::MaxAge;
+    use crate::sweep::{SweepOptions, SweepSummary};
+    use std::time::Duration;
+
+    fn outcome(stop: Option<SweepStop>, failed: u64) -> SweepOutcome {
+        let options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
+        let mut summary = SweepSummary::empty(&options, jiff::Timestamp::now());
+        summary.found = 130;
+        summary.stale = 120;
+        summary.aborted = 120 - failed;
+        summary.failed = failed;
+        SweepOutcome { summary, stop }
+    }
+
+    #[test]
+    fn verdicts_name_the_cause() {
+        let ok = judge(&outcome(None, 0), "controller shutdown");
+        assert!(ok.success && ok.health.ready);
+        assert_eq!(ok.health.message, "aborted 120 of 120 stale uploads");
+
+        let partial = judge(&outcome(None, 10), "controller shutdown");
+        assert!(!partial.success && !partial.health.ready && !partial.health.stalled);
+        assert_eq!(partial.health.reason, Reason::AbortsFailed);
+
+        let denied = S3Error::new(
+            S3ErrorKind::InvalidCredentials,
+            Some("SignatureDoesNotMatch".into()),
+            "rejected",
+        );
+        let stalled = judge(
+            &outcome(Some(SweepStop::ListingFailed(denied)), 0),
+            "controller shutdown",
+        );
+        assert!(stalled.health.stalled);
+        assert_eq!(stalled.health.reason, Reason::CredentialsRejected);
+
+        let stopped = judge(
+            &outcome(Some(SweepStop::Cancelled), 0),
+            "a change to the resource",
+        );
+        assert_eq!(stopped.health.reason, Reason::Interrupted);
+        assert!(
+            stopped
+                .health
+                .message
+                .starts_with("interrupted by a change to the resource after aborted 120 of"),
+            "{}",
+            stopped.health.message
+        );
+    }
+
+    #[test]
+    fn connection_failures_show_only_their_class() {
+        let refused = S3Error::new(
+            S3ErrorKind::Unreachable,
+            None,
+            "cannot reach the endpoint: tcp connect error: Connection refused (os error 111)",
+        );
+        let mut refused_before_sending = refused.clone();
+        refused_before_sending.may_have_arrived = false;
+        for (err, shown) in [
+            (refused_before_sending, "could not connect to the endpoint"),
+            (refused, "the connection to the endpoint broke"),
+            (
+                S3Error::new(
+                    S3ErrorKind::Timeout,
+                    None,
+                    "connection timed out: deadline has elapsed",
+                ),
+                "the endpoint did not answer in time",
+            ),
+        ] {
+            let verdict = judge(
+                &outcome(Some(SweepStop::ListingFailed(err)), 0),
+                "controller shutdown",
+            );
+            assert_eq!(verdict.health.reason, Reason::EndpointUnreachable);
+            assert!(
+                verdict.health.message.contains(shown),
+                "{}",
+                verdict.health.message
+            );
+            assert!(
+                !verdict.health.message.contains("os error"),
+                "{}",
+                verdict.health.message
+            );
+            assert!(
+                !verdict.health.message.contains("deadline"),
+                "{}",
+                verdict.health.message
+            );
+        }
+        let forbidden = S3Error::new(S3ErrorKind::EndpointForbidden, None, "denied range");
+        let verdict = judge(
+            &outcome(Some(SweepStop::ListingFailed(forbidden)), 0),
+            "controller shutdown",
+        );
+        assert_eq!(verdict.health.reason, Reason::EndpointForbidden);
+        assert!(verdict.health.stalled);
+    }
+
+    #[test]
+    fn a_deadline_is_reported_with_what_was_done() {
+        let verdict = judge(
+            &outcome(
+                Some(SweepStop::DeadlineExceeded(Duration::from_secs(3_600))),
+                0,
+            ),
+            "controller shutdown",
+        );
+        assert_eq!(verdict.health.reason, Reason::DeadlineExceeded);
+        assert!(!verdict.success && !verdict.health.stalled);
+        assert!(
+            verdict.health.message.contains("spec.timeout 1h")
+                && verdict.health.message.contains("aborted 120 of 120"),
+            "{}",
+            verdict.health.message
+        );
+    }
+
+    #[test]
+    fn run_summaries_are_bounded_and_saturate() {
+        let mut run = outcome(None, 0);
+        run.summary.aborted = u64::MAX;
+        run.summary.bytes_freed = Some(u64::MAX);
+        run.summary.warnings = vec!["w".repeat(100_000)];
+        let summary = run_summary(&run, Some("e".repeat(400_000)));
+        assert_eq!(summary.aborted, i64::MAX);
+        assert_eq!(summary.bytes_freed, Some(i64::MAX));
+        assert!(summary.error.unwrap().len() <= RUN_TEXT_MAX_BYTES);
+        assert!(summary.warnings[0].len() <= RUN_TEXT_MAX_BYTES);
+    }
+}
