@@ -215,6 +215,11 @@ impl Metrics {
         }
     }
 
+    /// The resources that have series, as (namespace, name).
+    pub fn tracked(&self) -> Vec<(String, String)> {
+        lock(&self.buckets).keys().cloned().collect()
+    }
+
     /// Removes every series of a deleted resource.
     pub fn forget(&self, namespace: &str, name: &str) {
         let bucket = lock(&self.buckets).remove(&(namespace.to_owned(), name.to_owned()));

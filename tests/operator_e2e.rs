@@ -8,17 +8,9 @@ use std::time::Duration;
 use common::cluster::*;
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::ListParams;
 use mpu_sweeper::api::MultipartCleanup;
-
-async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: serde_json::Value) {
-    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({ "spec": spec });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("patch spec");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_resource_sweeps_at_once_and_reports_counts_conditions_events_and_metrics() {

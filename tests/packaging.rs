@@ -276,8 +276,77 @@ const VALUE_SETS: [&[&str]; 2] = [
         "serviceMonitor.enabled=true",
         "--set",
         "priorityClassName=system-cluster-critical",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.metricsNamespaceSelector.team=monitoring",
+        "--set",
+        "secretLabelSelector=mpusweeper.io/tenant-credentials=true",
+        "--set",
+        "endpointPolicy.requireHttps=true",
+        "--set",
+        "endpointPolicy.allowHosts={*.example.com}",
+        "--set",
+        "controller.maxConcurrentSweepsPerNamespace=3",
     ],
 ];
+
+#[test]
+fn the_chart_passes_the_fences_to_the_controller_and_can_fence_metrics() {
+    let Some(tools) = tools() else { return };
+    let render = |values: &[&str]| {
+        let mut args = vec!["template", "mpu-sweeper", CHART, "-n", "mpu-sweeper-system"];
+        args.extend_from_slice(values);
+        documents(&helm(&tools, None, &args))
+    };
+    let args_of = |docs: &[Value]| -> Vec<String> {
+        container_command(only(docs, "Deployment"), "mpu-sweeper-system").0
+    };
+    let defaults = render(VALUE_SETS[0]);
+    let args = args_of(&defaults);
+    for expected in [
+        "--max-concurrent-sweeps-per-namespace=2",
+        "--min-interval=5m",
+        "--deny-endpoint-cidr=169.254.0.0/16",
+        "--deny-endpoint-cidr=fe80::/10",
+    ] {
+        assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+    }
+    assert!(find(&defaults, "NetworkPolicy").is_empty());
+
+    let fenced = render(VALUE_SETS[1]);
+    let args = args_of(&fenced);
+    for expected in [
+        "--max-concurrent-sweeps-per-namespace=3",
+        "--require-https",
+        "--allow-endpoint-host=*.example.com",
+        "--secret-label-selector=mpusweeper.io/tenant-credentials=true",
+    ] {
+        assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+    }
+    let policy = only(&fenced, "NetworkPolicy");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let rule = &policy["spec"]["ingress"][0];
+    assert_eq!(
+        rule["from"][0]["namespaceSelector"]["matchLabels"],
+        json!({"team": "monitoring"})
+    );
+    assert_eq!(rule["ports"][0]["port"], "http");
+
+    let nobody = render(&["--set", "networkPolicy.enabled=true"]);
+    let policy = only(&nobody, "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["ingress"],
+        Value::Null,
+        "no one may scrape: {policy}"
+    );
+    let none_denied = render(&["--set-json", "endpointPolicy.denyCidrs=[]"]);
+    assert!(
+        args_of(&none_denied)
+            .iter()
+            .any(|a| a == "--deny-endpoint-cidr=none")
+    );
+}
 
 #[test]
 fn helm_lint_is_clean() {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use tokio_util::sync::CancellationToken;
@@ -203,6 +203,7 @@ pub async fn run(
     tokio::join!(
         futures::future::join_all(reconciles),
         runner::dispatch(context.clone()),
+        forget_deleted(context.clone()),
         readiness
     );
     tracing::info!("controller stopped");
@@ -228,6 +229,33 @@ fn log_loop_error(context: &Context, result: LoopResult) {
             tracing::debug!(resource = %gone, "resource deleted");
         }
         Err(err) => tracing::warn!(error = %err, "controller loop"),
+    }
+}
+
+/// How often the series of deleted resources are looked for.
+const FORGET_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Removes the metric series of resources that are gone, so that an alert on a deleted
+/// resource stops. A deletion does not reach a reconcile (that would take a finalizer, which
+/// would block deleting resources once the operator is uninstalled): the watch caches say.
+async fn forget_deleted(ctx: Arc<Context>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(FORGET_INTERVAL) => {}
+            () = ctx.stop.cancelled() => return,
+        }
+        for (namespace, name) in ctx.metrics.tracked() {
+            let resource = ObjectRef::<MultipartCleanup>::new(&name).within(&namespace);
+            if ctx
+                .stores
+                .iter()
+                .all(|store| store.get(&resource).is_none())
+            {
+                ctx.metrics.forget(&namespace, &name);
+                ctx.queue().withdraw(&namespace, &name);
+                tracing::debug!(%resource, "resource deleted; its series removed");
+            }
+        }
     }
 }
 

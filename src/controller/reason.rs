@@ -125,4 +125,21 @@ mod tests {
         assert_eq!(names.len(), Reason::ALL.len());
         assert_eq!(Reason::parse("Bogus"), None);
     }
+
+    #[test]
+    fn the_argo_cd_health_check_names_only_these_reasons() {
+        let script = include_str!("../../deploy/argocd/health.lua");
+        let named: Vec<&str> = script
+            .split("reason == \"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert!(!named.is_empty());
+        for reason in named {
+            assert!(
+                Reason::parse(reason).is_some(),
+                "health.lua names {reason:?}"
+            );
+        }
+    }
 }

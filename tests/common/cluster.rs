@@ -200,9 +200,25 @@ pub async fn credentials_secret(
     access_key: &str,
     secret_key: &str,
 ) {
+    labeled_credentials_secret(client, namespace, name, access_key, secret_key, &[]).await;
+}
+
+/// A credentials Secret carrying `labels`, created or replaced.
+pub async fn labeled_credentials_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    access_key: &str,
+    secret_key: &str,
+    labels: &[(&str, &str)],
+) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels},
         "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     }))
     .unwrap();
@@ -303,7 +319,7 @@ impl ControllerProcess {
         ));
         let log = std::fs::File::create(&log_path).unwrap();
         // Tests ask for runs seconds apart; the 5-minute default is tested where it matters.
-        let min_interval: &[&str] = if args.contains(&"--min-interval") {
+        let min_interval: &[&str] = if args.iter().any(|a| a.starts_with("--min-interval")) {
             &[]
         } else {
             &["--min-interval", "1s"]
@@ -373,6 +389,14 @@ impl ControllerProcess {
             "controller did not exit within 30 s of SIGTERM; log:\n{}",
             self.log()
         );
+    }
+
+    /// The exit status, once the process has exited by itself.
+    pub fn try_exit_code(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().ok()??;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
     }
 
     /// SIGKILL: the process gets no chance to clean up.
@@ -461,6 +485,15 @@ pub async fn events_for(
             )
         })
         .collect()
+}
+
+/// Merges `spec` into the resource's spec.
+pub async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: serde_json::Value) {
+    let api: Api<MultipartCleanup> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "spec": spec });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch spec");
 }
 
 /// Sets the run-now annotation to `token`.
