@@ -32,9 +32,20 @@ pub async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Resu
         return Ok(Action::await_change());
     };
     let mpc = write_unwritten(&ctx, &api, mpc).await?;
-    let ticket = ticket_of(&mpc);
+    look(&ctx, &api, &mpc).await
+}
+
+/// Decides on `mpc` as read, writes the status, and queues a due sweep. A sweep that just ended
+/// looks again through here at once, so that what the user changed during it (a suspension, say)
+/// shows without waiting for the next reconcile.
+pub async fn look(
+    ctx: &Context,
+    api: &Api<MultipartCleanup>,
+    mpc: &MultipartCleanup,
+) -> Result<Action, Error> {
+    let ticket = ticket_of(mpc);
     let activity = ctx.queue().activity(&ticket);
-    match examine(&ctx, &api, &mpc, activity).await? {
+    match examine(ctx, api, mpc, activity).await? {
         Examined::Done(action) => Ok(action),
         Examined::Due(due) => {
             let startable = {
@@ -56,7 +67,7 @@ pub async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Resu
                     mpc.metadata.generation,
                     Timestamp::now(),
                 );
-                ctx.writer.write(&api, &due.mpc, &status).await?;
+                ctx.writer.write(api, &due.mpc, &status).await?;
             }
             Ok(Action::await_change())
         }

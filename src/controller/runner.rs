@@ -19,7 +19,7 @@ use super::queue::Ticket;
 use super::reason::Reason;
 use super::reconcile::{Due, Examined, examine, set_health, warn_if_new};
 use super::verdict::{judge, run_summary, saturating_i64};
-use super::{Context, Error, settings};
+use super::{Context, Error, reconcile, settings};
 use crate::api::MultipartCleanup;
 use crate::metrics::ResourceLabels;
 use crate::sweep::{self, NoProgress, SendGate, SweepStop};
@@ -59,11 +59,22 @@ impl Drop for Slot {
 }
 
 async fn sweep_ticket(ctx: Arc<Context>, ticket: Ticket) {
-    let _slot = Slot {
+    let slot = Slot {
         ctx: ctx.clone(),
         ticket: ticket.clone(),
     };
-    if let Err(err) = sweep_resource(&ctx, &ticket).await {
+    let api: Api<MultipartCleanup> = Api::namespaced(ctx.client.clone(), &ticket.namespace);
+    let result = sweep_resource(&ctx, &api, &ticket).await;
+    drop(slot);
+    // The sweep is over: what comes next (the next run, or what the user changed meanwhile)
+    // is decided now, not at the next reconcile.
+    let result = match result {
+        Ok(Some(swept)) if !ctx.stop.is_cancelled() => {
+            reconcile::look(&ctx, &api, &swept).await.map(|_| ())
+        }
+        other => other.map(|_| ()),
+    };
+    if let Err(err) = result {
         tracing::warn!(namespace = %ticket.namespace, name = %ticket.name, error = %err, "sweep could not finish");
         let reason = match err {
             Error::Kube(_) => "KubernetesApi",
@@ -74,22 +85,26 @@ async fn sweep_ticket(ctx: Arc<Context>, ticket: Ticket) {
     }
 }
 
-async fn sweep_resource(ctx: &Context, ticket: &Ticket) -> Result<(), Error> {
+/// Sweeps the resource if it is still due; the resource as last written, when it was swept.
+async fn sweep_resource(
+    ctx: &Context,
+    api: &Api<MultipartCleanup>,
+    ticket: &Ticket,
+) -> Result<Option<MultipartCleanup>, Error> {
     if ctx.stop.is_cancelled() || !ctx.leadership.holds() {
-        return Ok(());
+        return Ok(None);
     }
-    let api: Api<MultipartCleanup> = Api::namespaced(ctx.client.clone(), &ticket.namespace);
     // The ticket may have waited long for its slot: look at the resource again, so that a spec
     // changed meanwhile (suspended, dry run, another bucket), or a resource deleted or created
     // anew, is not swept as it was.
     let Some(mpc) = api.get_opt(&ticket.name).await? else {
-        return Ok(());
+        return Ok(None);
     };
     if mpc.metadata.uid.as_deref() != Some(ticket.uid.as_str()) {
-        return Ok(());
+        return Ok(None);
     }
-    let Examined::Due(due) = examine(ctx, &api, &mpc, Activity::Idle).await? else {
-        return Ok(());
+    let Examined::Due(due) = examine(ctx, api, &mpc, Activity::Idle).await? else {
+        return Ok(None);
     };
     let Due {
         mpc,
@@ -107,8 +122,8 @@ async fn sweep_resource(ctx: &Context, ticket: &Ticket) -> Result<(), Error> {
         format!("sweeping bucket {}", mpc.spec.bucket),
     );
     set_health(&mut status, &running, generation, now);
-    let Some(mpc) = ctx.writer.write(&api, &mpc, &status).await? else {
-        return Ok(());
+    let Some(mpc) = ctx.writer.write(api, &mpc, &status).await? else {
+        return Ok(None);
     };
 
     let labels = ResourceLabels {
@@ -139,8 +154,7 @@ async fn sweep_resource(ctx: &Context, ticket: &Ticket) -> Result<(), Error> {
             );
             let before = mpc.status.clone().unwrap_or_default();
             warn_if_new(ctx, &mpc, &before, &problem).await;
-            ctx.writer.write_final(&api, &mpc, &status).await?;
-            return Ok(());
+            return ctx.writer.write_final(api, &mpc, &status).await;
         }
     };
     // No request goes out once this replica may no longer lead: a standby may be sweeping.
@@ -152,14 +166,9 @@ async fn sweep_resource(ctx: &Context, ticket: &Ticket) -> Result<(), Error> {
         Ok(client) => client,
         Err(err) => {
             // validate() passed in s3_settings, so this is unexpected; a spec problem.
-            set_health(
-                &mut status,
-                &Health::not_ready(Reason::InvalidSpec, err.to_string()),
-                generation,
-                now,
-            );
-            ctx.writer.write_final(&api, &mpc, &status).await?;
-            return Ok(());
+            let health = Health::not_ready(Reason::InvalidSpec, err.to_string());
+            set_health(&mut status, &health, generation, now);
+            return ctx.writer.write_final(api, &mpc, &status).await;
         }
     };
 
@@ -213,7 +222,8 @@ async fn sweep_resource(ctx: &Context, ticket: &Ticket) -> Result<(), Error> {
     set_health(&mut status, &verdict.health, generation, completed);
     // Losing this write would lose the run's counts and sweep the bucket again: it is retried,
     // and kept for the next reconcile if the API server stays away.
-    if ctx.writer.write_final(&api, &mpc, &status).await?.is_some() {
+    let written = ctx.writer.write_final(api, &mpc, &status).await?;
+    if written.is_some() {
         ctx.publish(
             &mpc,
             verdict.event_type,
@@ -222,7 +232,7 @@ async fn sweep_resource(ctx: &Context, ticket: &Ticket) -> Result<(), Error> {
         )
         .await;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// How often a running sweep looks at its resource in the watch cache.
