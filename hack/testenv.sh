@@ -171,6 +171,7 @@ start_ceph() {
   if port_open $CEPH_RGW_PORT && port_open $CEPH_RGW_AGED_PORT; then
     log "ceph already running"
     start_fault_gateway
+    allow_many_buckets
     # A test that died mid-way may have left the aged gateway's clock in the past.
     echo "+0" >"$FAKETIME_FILE"
     return 0
@@ -212,6 +213,13 @@ start_ceph() {
 
   radosgw-admin -c "$CEPH_CONF" user create --uid=mpu-sweeper-test --display-name="mpu-sweeper tests" \
     --access-key="$ACCESS_KEY" --secret-key="$SECRET_KEY" >/dev/null
+  allow_many_buckets
+}
+
+# Every test makes buckets of its own and a bed lives through many runs: the default cap of
+# 1,000 buckets per user would be reached.
+allow_many_buckets() {
+  radosgw-admin -c "$CEPH_CONF" user modify --uid=mpu-sweeper-test --max-buckets=1000000 >/dev/null
 }
 
 start_fault_gateway() {

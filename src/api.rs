@@ -12,7 +12,8 @@ pub const RUN_REQUESTED_ANNOTATION: &str = "mpusweeper.io/run-requested-at";
 
 pub const DEFAULT_SCHEDULE: &str = "@hourly";
 
-/// Aborts stale incomplete multipart uploads of one bucket on a schedule.
+/// Aborts stale incomplete multipart uploads of one bucket, or of the buckets a selector
+/// chooses, on a schedule.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "mpusweeper.io",
@@ -23,6 +24,7 @@ pub const DEFAULT_SCHEDULE: &str = "@hourly";
     namespaced,
     status = "MultipartCleanupStatus",
     printcolumn = r#"{"name":"Bucket","type":"string","jsonPath":".spec.bucket"}"#,
+    printcolumn = r#"{"name":"Buckets","type":"integer","jsonPath":".status.lastRun.bucketCount"}"#,
     printcolumn = r#"{"name":"Max-Age","type":"string","jsonPath":".spec.maxAge"}"#,
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Last-Run","type":"date","jsonPath":".status.lastRun.completionTime"}"#,
@@ -32,9 +34,17 @@ pub const DEFAULT_SCHEDULE: &str = "@hourly";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MultipartCleanupSpec {
-    /// Bucket whose incomplete multipart uploads are swept.
+    /// Bucket whose incomplete multipart uploads are swept. Exactly one of bucket and
+    /// bucketSelector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
-    pub bucket: String,
+    pub bucket: Option<String>,
+
+    /// Several buckets: these by name, and those of the credentials' own (ListBuckets) whose
+    /// names match an include pattern and no exclude pattern (`*`, `?`). Swept one after another;
+    /// a failure on one does not stop the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_selector: Option<BucketSelectorSpec>,
 
     /// S3 endpoint URL (https://...). Absent means AWS S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,10 +103,54 @@ pub struct MultipartCleanupSpec {
     pub measure_bytes: bool,
 
     /// A run's time limit, in the maxAge syntax: when it passes, listing stops, the aborts in
-    /// flight finish and the run is reported as DeadlineExceeded; the next run continues.
+    /// flight finish and the run is reported as DeadlineExceeded.
     #[serde(default = "default_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+[smhdw])+$"))]
     pub timeout: String,
+
+    /// Read (Report) or also write (Ensure) each bucket's AbortIncompleteMultipartUpload
+    /// lifecycle rule, so that stale uploads stop piling up. Absent: nothing is read or written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_rule: Option<LifecycleRuleSpec>,
+
+    /// How many `/`-separated levels of a key make the prefix stale uploads are counted by in
+    /// status.lastRun.topPrefixes (default 1: up to the first `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub prefix_depth: Option<i32>,
+}
+
+/// Which buckets a resource sweeps, besides or instead of one named bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSelectorSpec {
+    /// Buckets by name.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Patterns of the credentials' buckets (from ListBuckets) to sweep.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Patterns of buckets to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LifecycleRuleMode {
+    /// Read the bucket's lifecycle configuration and say whether a rule covers the uploads.
+    Report,
+    /// Also add (or update) the rule `mpu-sweeper-abort-incomplete`, keeping every other rule.
+    Ensure,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleRuleSpec {
+    pub mode: LifecycleRuleMode,
+    /// Days after initiation the ensured rule aborts uploads (required with Ensure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 36500))]
+    pub days_after_initiation: Option<i32>,
 }
 
 fn default_region() -> String {
@@ -193,6 +247,60 @@ pub struct RunSummary {
     /// What the run could not take at face value (a server clock it did not trust...).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Buckets swept.
+    #[serde(default)]
+    pub bucket_count: i64,
+    /// The buckets, the first 50 in name order.
+    #[serde(default)]
+    pub buckets: Vec<BucketRun>,
+    /// Buckets swept but not in `buckets`.
+    #[serde(default)]
+    pub more_buckets: i64,
+    /// Age of the oldest stale upload, in seconds.
+    #[serde(default)]
+    pub oldest_stale_age_seconds: Option<i64>,
+    /// Bytes of the stale uploads that were measured (measureBytes).
+    #[serde(default)]
+    pub stale_bytes: Option<i64>,
+    /// The key prefixes with the most stale uploads.
+    #[serde(default)]
+    pub top_prefixes: Vec<PrefixRun>,
+}
+
+/// What one bucket of a run came to.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketRun {
+    pub bucket: String,
+    pub found: i64,
+    pub stale: i64,
+    pub aborted: i64,
+    pub failed: i64,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The bucket's lifecycle rule, when spec.lifecycleRule asks.
+    #[serde(default)]
+    pub lifecycle: Option<LifecycleRun>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleRun {
+    /// Present, Applied, Missing, Unsupported, Denied or Failed.
+    pub state: String,
+    #[serde(default)]
+    pub days_after_initiation: Option<i32>,
+    pub message: String,
+}
+
+/// Stale uploads under one key prefix.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixRun {
+    pub prefix: String,
+    pub uploads: i64,
+    #[serde(default)]
+    pub bytes: Option<i64>,
 }
 
 /// The CRD as YAML, exactly as `crds/multipartcleanup.yaml` holds it.
@@ -250,7 +358,7 @@ mod tests {
         assert_eq!(
             columns,
             [
-                "Bucket", "Max-Age", "Schedule", "Last-Run", "Aborted", "Ready", "Age"
+                "Bucket", "Buckets", "Max-Age", "Schedule", "Last-Run", "Aborted", "Ready", "Age"
             ]
         );
     }

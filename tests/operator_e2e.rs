@@ -74,13 +74,22 @@ async fn a_new_resource_sweeps_at_once_and_reports_counts_conditions_events_and_
     assert_eq!(
         header,
         [
-            "NAME", "BUCKET", "MAX-AGE", "SCHEDULE", "LAST-RUN", "ABORTED", "READY", "AGE"
+            "NAME", "BUCKET", "BUCKETS", "MAX-AGE", "SCHEDULE", "LAST-RUN", "ABORTED", "READY",
+            "AGE"
         ]
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(
-        (row[0], row[1], row[2], row[3], row[5], row[6]),
-        ("nightly", bucket.as_str(), "3s", "@hourly", "5", "True")
+        (row[0], row[1], row[2], row[3], row[4], row[6], row[7]),
+        (
+            "nightly",
+            bucket.as_str(),
+            "1",
+            "3s",
+            "@hourly",
+            "5",
+            "True"
+        )
     );
 
     let events = eventually("the success Event", WAIT, || async {

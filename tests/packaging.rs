@@ -524,7 +524,7 @@ async fn examples_are_valid_resources_and_values() {
             l.starts_with("multipartcleanup.mpusweeper.io/") && l.ends_with("(server dry run)")
         })
         .count();
-    assert_eq!(accepted, 4, "{applied}");
+    assert_eq!(accepted, 6, "{applied}");
 
     // The GitOps examples point at this chart, with values its schema accepts.
     let gitops = |file: &str| {

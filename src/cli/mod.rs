@@ -2,6 +2,7 @@
 
 mod controller_command;
 mod progress;
+mod report;
 mod signals;
 mod sweep_command;
 
@@ -43,7 +44,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Sweep one bucket once: list incomplete multipart uploads and abort those older than --max-age.
+    /// Sweep buckets once: list incomplete multipart uploads and abort those older than --max-age.
     Sweep(SweepArgs),
     /// Run the Kubernetes controller for MultipartCleanup resources.
     Controller(controller_command::ControllerArgs),

@@ -4,16 +4,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use super::progress::{Progress, counts_line};
+use super::progress::Progress;
+use super::report;
 use super::signals::wait_for_stop_signal;
 use crate::max_age::MaxAge;
 use crate::sweep::{
-    self, AddressingStyle, CredentialSource, Limits, RetryPolicy, S3Settings, SweepOptions,
-    SweepOutcome, SweepStop, SweepSummary,
+    self, AddressingStyle, BucketSelection, CredentialSource, LifecycleGoal, LifecycleMode, Limits,
+    RetryPolicy, RunOutcome, S3Settings, SweepOptions, SweepStop,
 };
 use crate::telemetry::{self, LoggingArgs};
 
@@ -23,12 +23,33 @@ pub enum OutputFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LifecycleModeArg {
+    Report,
+    Ensure,
+}
+
 /// Credentials come from the standard AWS environment variables or profile files.
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("buckets").required(true).multiple(true).args(["bucket", "all_buckets", "include"])
+))]
 pub struct SweepArgs {
-    /// Bucket to sweep.
+    /// Bucket to sweep (repeatable).
+    #[arg(long, value_name = "BUCKET")]
+    bucket: Vec<String>,
+
+    /// Sweep every bucket the credentials can list (ListBuckets).
     #[arg(long)]
-    bucket: String,
+    all_buckets: bool,
+
+    /// Sweep the listed buckets whose names match this pattern (`*`, `?`; repeatable).
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+
+    /// Leave out buckets whose names match this pattern (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
 
     /// Abort uploads older than this: 30s, 90m, 36h, 7d, 2w, 1d12h...
     #[arg(long, value_name = "AGE", value_parser = parse_max_age, allow_hyphen_values = true)]
@@ -66,9 +87,23 @@ pub struct SweepArgs {
     #[arg(long)]
     no_verify: bool,
 
-    /// Sum the part sizes of stale uploads before aborting them and report the bytes freed.
+    /// Sum the part sizes of stale uploads before aborting them (or, in a dry run, instead) and
+    /// report the bytes.
     #[arg(long)]
     measure_bytes: bool,
+
+    /// How many `/`-separated levels of a key make the prefix the summary counts stale uploads by.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
+    prefix_depth: u16,
+
+    /// Read (report) or also write (ensure) each bucket's AbortIncompleteMultipartUpload
+    /// lifecycle rule, so that stale uploads stop piling up; the other rules are kept.
+    #[arg(long, value_enum, value_name = "MODE")]
+    lifecycle_rule: Option<LifecycleModeArg>,
+
+    /// Days after initiation the ensured lifecycle rule aborts uploads.
+    #[arg(long, value_name = "N", required_if_eq("lifecycle_rule", "ensure"), value_parser = clap::value_parser!(i32).range(1..=36500))]
+    lifecycle_days: Option<i32>,
 
     /// PEM file of extra CA certificates to trust (for endpoints with a private CA).
     #[arg(long, value_name = "FILE")]
@@ -113,16 +148,6 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     crate::max_age::parse_duration(text).map_err(|e| e.to_string())
 }
 
-/// The JSON document printed with `--output json`: the summary plus why the sweep stopped early.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsonReport<'a> {
-    #[serde(flatten)]
-    summary: &'a SweepSummary,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
 pub async fn run(args: SweepArgs) -> u8 {
     telemetry::init(&args.logging);
 
@@ -160,11 +185,31 @@ pub async fn run(args: SweepArgs) -> u8 {
             max_throttled_attempts: 4 * args.max_attempts,
             ..RetryPolicy::default()
         },
-        ..SweepOptions::new(args.bucket.clone(), args.max_age)
+        prefix_depth: usize::from(args.prefix_depth),
+        ..SweepOptions::new("(chosen per bucket)", args.max_age)
     };
     if let Err(err) = options.validate() {
         return usage_error(&err);
     }
+    let selection = BucketSelection {
+        names: args.bucket.clone(),
+        include: if args.all_buckets {
+            vec!["*".to_owned()]
+        } else {
+            args.include.clone()
+        },
+        exclude: args.exclude.clone(),
+    };
+    if let Err(err) = selection.validate() {
+        return usage_error(&err);
+    }
+    let lifecycle = args.lifecycle_rule.map(|mode| LifecycleGoal {
+        mode: match mode {
+            LifecycleModeArg::Report => LifecycleMode::Report,
+            LifecycleModeArg::Ensure => LifecycleMode::Ensure,
+        },
+        days_after_initiation: args.lifecycle_days.unwrap_or(0),
+    });
     let client = match settings.client().await {
         Ok(client) => client,
         Err(err) => return usage_error(&err.to_string()),
@@ -173,17 +218,35 @@ pub async fn run(args: SweepArgs) -> u8 {
     let cancel = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(cancel.clone()));
     let progress = Progress::new(!args.quiet);
-    let outcome = sweep::sweep(&client, &options, &progress, &cancel).await;
+    let outcome = sweep::sweep_buckets(
+        &client,
+        &selection,
+        &options,
+        lifecycle.as_ref(),
+        &progress,
+        &cancel,
+    )
+    .await;
     progress.finish();
     signals.abort();
 
     let where_ = args.endpoint.as_deref().unwrap_or("AWS S3");
-    print_report(&outcome, args.output, where_);
+    report::print(&outcome, args.output == OutputFormat::Json, where_);
+    exit_status(&outcome)
+}
+
+/// 3 when nothing could be listed (the one bucket, every bucket, or the bucket list), 1 when
+/// some of the work failed, 4 and 130 for the deadline and an interruption.
+fn exit_status(outcome: &RunOutcome) -> u8 {
+    let failed_buckets = outcome.failed_buckets();
     match &outcome.stop {
         Some(SweepStop::ListingFailed(_) | SweepStop::ServerUnreachable(_)) => exit::LISTING_FAILED,
         Some(SweepStop::DeadlineExceeded(_)) => exit::DEADLINE_EXCEEDED,
         Some(SweepStop::Cancelled) => exit::INTERRUPTED,
-        None if outcome.summary.failed > 0 => exit::SOME_FAILED,
+        None if failed_buckets > 0 && failed_buckets == outcome.buckets.len() => {
+            exit::LISTING_FAILED
+        }
+        None if failed_buckets > 0 || outcome.totals.failed > 0 => exit::SOME_FAILED,
         None => exit::OK,
     }
 }
@@ -201,130 +264,4 @@ async fn cancel_on_signal(cancel: CancellationToken) {
     wait_for_stop_signal().await;
     eprintln!("interrupted again: quitting without waiting for the aborts in flight");
     std::process::exit(i32::from(exit::INTERRUPTED));
-}
-
-fn stop_message(outcome: &SweepOutcome, bucket: &str, where_: &str) -> Option<String> {
-    outcome.stop.as_ref().map(|stop| match stop {
-        SweepStop::ListingFailed(err) if outcome.summary.found == 0 => {
-            format!("cannot list multipart uploads of bucket {bucket:?} at {where_}: {err}")
-        }
-        SweepStop::ListingFailed(err) => format!(
-            "listing of bucket {bucket:?} at {where_} stopped after {} uploads: {err}",
-            outcome.summary.found
-        ),
-        SweepStop::ServerUnreachable(err) => format!(
-            "bucket {bucket:?} at {where_} stopped answering after {} uploads were listed: {err}",
-            outcome.summary.found
-        ),
-        SweepStop::DeadlineExceeded(limit) => format!(
-            "the run's time limit (--timeout {}) passed after {} uploads were listed; the counts say what was done (a new run lists the bucket again from the start)",
-            crate::max_age::format_duration(*limit),
-            outcome.summary.found
-        ),
-        SweepStop::Cancelled => "interrupted before the listing was complete".to_owned(),
-    })
-}
-
-fn print_report(outcome: &SweepOutcome, format: OutputFormat, where_: &str) {
-    let summary = &outcome.summary;
-    let error = stop_message(outcome, &summary.bucket, where_);
-    match format {
-        OutputFormat::Json => {
-            let report = JsonReport {
-                summary,
-                error: error.clone(),
-            };
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("summary serializes")
-            );
-        }
-        OutputFormat::Text => print!("{}", text_report(summary)),
-    }
-    if let Some(error) = error {
-        eprintln!("error: {error}");
-    }
-}
-
-fn text_report(s: &SweepSummary) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let scope = match &s.prefix {
-        Some(prefix) => format!("s3://{}/{}", s.bucket, prefix),
-        None => format!("s3://{}", s.bucket),
-    };
-    let age = MaxAge::from_secs(s.max_age_seconds).map_or_else(String::new, |a| a.to_string());
-    let _ = writeln!(
-        out,
-        "{scope}: {} incomplete uploads, {} older than {age}",
-        s.found, s.stale
-    );
-    if s.dry_run {
-        let _ = writeln!(
-            out,
-            "dry run: would abort {} uploads; nothing was aborted",
-            s.stale
-        );
-    } else {
-        let _ = writeln!(out, "{}", counts_line(s));
-    }
-    if s.throttled > 0 {
-        let _ = writeln!(
-            out,
-            "throttled: the server asked for a slower pace {} times; those requests were retried after a backoff",
-            s.throttled
-        );
-    }
-    for warning in &s.warnings {
-        let _ = writeln!(out, "warning: {warning}");
-    }
-    if let Some(bytes) = s.bytes_freed {
-        let _ = writeln!(out, "bytes freed: {} ({bytes} bytes)", human_bytes(bytes));
-    }
-    // Keys, upload IDs and messages are already escaped and cut (they come from the server).
-    for failure in &s.failures {
-        let _ = writeln!(
-            out,
-            "failed: key \"{}\" upload {}: {} ({})",
-            failure.key, failure.upload_id, failure.message, failure.code
-        );
-    }
-    if s.failed as usize > s.failures.len() {
-        let _ = writeln!(
-            out,
-            "... and {} more failures",
-            s.failed as usize - s.failures.len()
-        );
-    }
-    let seconds = s.completion_time.duration_since(s.start_time).as_secs_f64();
-    let _ = writeln!(out, "took {seconds:.1}s");
-    out
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_bytes_picks_binary_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
-    }
 }

@@ -106,6 +106,55 @@ pub fn apply(
     }
 }
 
+/// A condition of its own for the buckets' lifecycle rule: it does not change what Ready says of
+/// the sweeps. `None` (no lifecycleRule in the spec) removes it.
+pub const LIFECYCLE_RULE_READY: &str = "LifecycleRuleReady";
+
+/// What the LifecycleRuleReady condition says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleHealth {
+    pub ready: bool,
+    /// The state of the first bucket that is not ready (Missing, Denied...), else `Present`.
+    pub reason: String,
+    pub message: String,
+}
+
+pub fn apply_lifecycle(
+    conditions: &mut Vec<Condition>,
+    health: Option<&LifecycleHealth>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let Some(health) = health else {
+        conditions.retain(|c| c.type_ != LIFECYCLE_RULE_READY);
+        return;
+    };
+    let status = if health.ready { "True" } else { "False" };
+    let message = text::bounded(&health.message, MESSAGE_MAX_BYTES);
+    match conditions
+        .iter_mut()
+        .find(|c| c.type_ == LIFECYCLE_RULE_READY)
+    {
+        Some(existing) => {
+            if existing.status != status {
+                existing.last_transition_time = Time(now);
+            }
+            existing.status = status.to_owned();
+            existing.reason = health.reason.clone();
+            existing.message = message;
+            existing.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: LIFECYCLE_RULE_READY.to_owned(),
+            status: status.to_owned(),
+            reason: health.reason.clone(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
 /// The reason of the Ready condition, if any.
 pub fn ready_reason(conditions: &[Condition]) -> Option<Reason> {
     conditions

@@ -189,6 +189,12 @@ mod tests {
             dry_run: false,
             error: None,
             warnings: Vec::new(),
+            bucket_count: 1,
+            buckets: Vec::new(),
+            more_buckets: 0,
+            oldest_stale_age_seconds: None,
+            stale_bytes: None,
+            top_prefixes: Vec::new(),
         }
     }
 

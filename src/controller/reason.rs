@@ -29,6 +29,8 @@ pub enum Reason {
     EndpointUnreachable,
     ListingFailed,
     AbortsFailed,
+    /// Some buckets of a run over several could not be swept; the others were.
+    BucketsFailed,
     DeadlineExceeded,
     /// The run was cut short (shutdown, a change to the resource) or lost with its controller.
     Interrupted,
@@ -36,7 +38,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for checks that the documentation and the Argo CD health check know them.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Succeeded,
         Reason::Running,
         Reason::Queued,
@@ -54,6 +56,7 @@ impl Reason {
         Reason::EndpointUnreachable,
         Reason::ListingFailed,
         Reason::AbortsFailed,
+        Reason::BucketsFailed,
         Reason::DeadlineExceeded,
         Reason::Interrupted,
     ];
@@ -77,6 +80,7 @@ impl Reason {
             Reason::EndpointUnreachable => "EndpointUnreachable",
             Reason::ListingFailed => "ListingFailed",
             Reason::AbortsFailed => "AbortsFailed",
+            Reason::BucketsFailed => "BucketsFailed",
             Reason::DeadlineExceeded => "DeadlineExceeded",
             Reason::Interrupted => "Interrupted",
         }

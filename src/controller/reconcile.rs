@@ -161,6 +161,9 @@ pub async fn examine(
             return Ok(Examined::Done(Action::await_change()));
         }
     };
+    if plan.lifecycle.is_none() {
+        conditions::apply_lifecycle(&mut status.conditions, None, generation, now);
+    }
     let run_request = mpc.annotations().get(RUN_REQUESTED_ANNOTATION).cloned();
     let (decision, lost_run) = decide::decide(&Situation {
         now,

@@ -13,12 +13,12 @@ use kube::{Api, ResourceExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::conditions::Health;
+use super::conditions::{self, Health};
 use super::decide::{Activity, backoff};
 use super::queue::Ticket;
 use super::reason::Reason;
 use super::reconcile::{Due, Examined, examine, set_health, warn_if_new};
-use super::verdict::{judge, run_summary, saturating_i64};
+use super::verdict::{judge, lifecycle_health, run_summary, saturating_i64};
 use super::{Context, Error, reconcile, settings};
 use crate::api::MultipartCleanup;
 use crate::metrics::ResourceLabels;
@@ -117,10 +117,7 @@ async fn sweep_resource(
         .annotations()
         .get(crate::api::RUN_REQUESTED_ANNOTATION)
         .cloned();
-    let running = Health::working(
-        Reason::Running,
-        format!("sweeping bucket {}", mpc.spec.bucket),
-    );
+    let running = Health::working(Reason::Running, format!("sweeping {}", plan.describe()));
     set_health(&mut status, &running, generation, now);
     let Some(mpc) = ctx.writer.write(api, &mpc, &status).await? else {
         return Ok(None);
@@ -129,7 +126,7 @@ async fn sweep_resource(
     let labels = ResourceLabels {
         namespace: &ticket.namespace,
         name: &ticket.name,
-        bucket: &mpc.spec.bucket,
+        bucket: plan.bucket_label(),
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ticket.namespace);
     let settings = settings::s3_settings(
@@ -172,7 +169,7 @@ async fn sweep_resource(
         }
     };
 
-    tracing::info!(namespace = %ticket.namespace, name = %ticket.name, bucket = %mpc.spec.bucket, "sweep starting");
+    tracing::info!(namespace = %ticket.namespace, name = %ticket.name, buckets = %plan.describe(), "sweep starting");
     // A sweep stops early at shutdown, and also when its resource is deleted, replaced or its
     // spec changes (suspend, dryRun, bucket...): the run a user is trying to stop must not go on.
     let run_cancel = ctx.stop.child_token();
@@ -183,7 +180,15 @@ async fn sweep_resource(
         generation,
         run_cancel.clone(),
     ));
-    let outcome = sweep::sweep(&client, &plan.options, &NoProgress, &run_cancel).await;
+    let outcome = sweep::sweep_buckets(
+        &client,
+        &plan.buckets,
+        &plan.options,
+        plan.lifecycle.as_ref(),
+        &NoProgress,
+        &run_cancel,
+    )
+    .await;
     watch.abort();
     let interrupted_by = if !ctx.leadership.holds() {
         "the loss of leadership"
@@ -193,7 +198,7 @@ async fn sweep_resource(
         "a change to the resource (deleted, replaced, or its spec edited)"
     };
     let verdict = judge(&outcome, interrupted_by);
-    let summary = &outcome.summary;
+    let summary = &outcome.totals;
     tracing::info!(
         namespace = %ticket.namespace, name = %ticket.name, found = summary.found, stale = summary.stale,
         aborted = summary.aborted, failed = summary.failed, result = verdict.result, "sweep finished"
@@ -220,6 +225,12 @@ async fn sweep_resource(
     };
     status.next_run_time = Some(Time(next));
     set_health(&mut status, &verdict.health, generation, completed);
+    conditions::apply_lifecycle(
+        &mut status.conditions,
+        lifecycle_health(plan.lifecycle.as_ref(), &outcome).as_ref(),
+        generation,
+        completed,
+    );
     // Losing this write would lose the run's counts and sweep the bucket again: it is retried,
     // and kept for the next reconcile if the API server stays away.
     let written = ctx.writer.write_final(api, &mpc, &status).await?;

@@ -11,11 +11,12 @@ use kube::Api;
 use kube::core::{Expression, Selector, SelectorExt};
 
 use super::reason::Reason;
-use crate::api::MultipartCleanupSpec;
+use crate::api::{LifecycleRuleMode, MultipartCleanupSpec};
 use crate::max_age::{MaxAge, format_duration};
 use crate::schedule::{Schedule, ScheduleParseError};
 use crate::sweep::{
-    CredentialSource, EndpointPolicy, Limits, S3Settings, SettingsError, SweepOptions,
+    BucketSelection, CredentialSource, EndpointPolicy, LifecycleGoal, LifecycleMode, Limits,
+    S3Settings, SettingsError, SweepOptions,
 };
 
 pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
@@ -107,6 +108,27 @@ impl Problem {
 pub struct Plan {
     pub schedule: Schedule,
     pub options: SweepOptions,
+    pub buckets: BucketSelection,
+    pub lifecycle: Option<LifecycleGoal>,
+}
+
+impl Plan {
+    /// The `bucket` label of the resource's metric series: its bucket, or `*` when a selector
+    /// chooses them (one series per resource, however many buckets it sweeps).
+    pub fn bucket_label(&self) -> &str {
+        match self.buckets.names.as_slice() {
+            [one] if !self.buckets.lists_buckets() => one,
+            _ => "*",
+        }
+    }
+
+    /// What a run of it sweeps, in words.
+    pub fn describe(&self) -> String {
+        match self.bucket_label() {
+            "*" => "the buckets its selector chooses".to_owned(),
+            one => format!("bucket {one}"),
+        }
+    }
 }
 
 /// Checks the spec against the syntax and the fences; nothing here touches the network.
@@ -132,18 +154,73 @@ pub fn plan(spec: &MultipartCleanupSpec, fences: &Fences) -> Result<Plan, Proble
     }
     let timeout = crate::max_age::parse_duration(&spec.timeout)
         .map_err(|e| invalid(format!("spec.timeout: {e}")))?;
+    let buckets = bucket_selection(spec).map_err(invalid)?;
+    let lifecycle = lifecycle_goal(spec).map_err(invalid)?;
     let options = SweepOptions {
         timeout,
         prefix: spec.prefix.clone().filter(|p| !p.is_empty()),
         concurrency: usize::try_from(spec.concurrency).unwrap_or(0),
         dry_run: spec.dry_run,
         measure_bytes: spec.measure_bytes,
-        ..SweepOptions::new(spec.bucket.clone(), max_age)
+        prefix_depth: usize::try_from(spec.prefix_depth.unwrap_or(1)).unwrap_or(1),
+        ..SweepOptions::new(
+            buckets.names.first().cloned().unwrap_or_else(|| "*".into()),
+            max_age,
+        )
     };
     options
         .validate()
         .map_err(|e| invalid(format!("spec: {e}")))?;
-    Ok(Plan { schedule, options })
+    Ok(Plan {
+        schedule,
+        options,
+        buckets,
+        lifecycle,
+    })
+}
+
+/// Exactly one of `spec.bucket` and `spec.bucketSelector`.
+fn bucket_selection(spec: &MultipartCleanupSpec) -> Result<BucketSelection, String> {
+    let selection = match (&spec.bucket, &spec.bucket_selector) {
+        (Some(bucket), None) => BucketSelection::one(bucket.clone()),
+        (None, Some(selector)) => BucketSelection {
+            names: selector.names.clone(),
+            include: selector.include.clone(),
+            exclude: selector.exclude.clone(),
+        },
+        (Some(_), Some(_)) => {
+            return Err("spec.bucket and spec.bucketSelector are both set; use one".into());
+        }
+        (None, None) => {
+            return Err("spec.bucket or spec.bucketSelector is required".into());
+        }
+    };
+    selection
+        .validate()
+        .map_err(|e| format!("spec.bucketSelector: {e}"))?;
+    Ok(selection)
+}
+
+fn lifecycle_goal(spec: &MultipartCleanupSpec) -> Result<Option<LifecycleGoal>, String> {
+    let Some(rule) = &spec.lifecycle_rule else {
+        return Ok(None);
+    };
+    let mode = match rule.mode {
+        LifecycleRuleMode::Report => LifecycleMode::Report,
+        LifecycleRuleMode::Ensure => LifecycleMode::Ensure,
+    };
+    let days = match (mode, rule.days_after_initiation) {
+        (LifecycleMode::Ensure, None) => {
+            return Err(
+                "spec.lifecycleRule.daysAfterInitiation is required with mode Ensure".into(),
+            );
+        }
+        (_, days) => days.unwrap_or(0),
+    };
+    Ok(Some(LifecycleGoal {
+        mode,
+        days_after_initiation: days,
+    }))
 }
 
 /// The shortest time between two runs of `schedule`, from its first few hundred runs after a
@@ -307,6 +384,7 @@ pub fn api_error_summary(err: &kube::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     fn spec(json: serde_json::Value) -> MultipartCleanupSpec {
         let mut base = serde_json::json!({"bucket": "b", "credentialsSecretRef": {"name": "s"}, "maxAge": "7d"});
@@ -346,7 +424,76 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.options.prefix.as_deref(), Some("logs/"));
+        assert_eq!(ok.bucket_label(), "b");
+        assert_eq!(ok.lifecycle, None);
         assert_eq!(ok.options.timeout, Duration::from_secs(3_600));
+    }
+
+    #[test]
+    fn one_bucket_or_a_selector_and_a_lifecycle_rule_with_its_days() {
+        let both = spec(serde_json::json!({"bucketSelector": {"names": ["x"]}}));
+        let problem = plan(&both, &Fences::default()).unwrap_err();
+        assert!(problem.message.contains("both set"), "{}", problem.message);
+        let mut neither = spec(serde_json::json!({}));
+        neither.bucket = None;
+        assert!(
+            plan(&neither, &Fences::default())
+                .unwrap_err()
+                .message
+                .contains("required")
+        );
+        let mut empty = spec(serde_json::json!({"bucketSelector": {}}));
+        empty.bucket = None;
+        assert!(plan(&empty, &Fences::default()).is_err());
+        let mut selector = spec(serde_json::json!({
+            "bucketSelector": {"include": ["logs-*"], "exclude": ["*-tmp"]},
+            "lifecycleRule": {"mode": "Ensure", "daysAfterInitiation": 3},
+            "prefixDepth": 2
+        }));
+        selector.bucket = None;
+        let ok = plan(&selector, &Fences::default()).unwrap();
+        assert_eq!(ok.bucket_label(), "*");
+        assert!(ok.buckets.lists_buckets());
+        assert_eq!(ok.options.prefix_depth, 2);
+        assert_eq!(
+            ok.lifecycle,
+            Some(LifecycleGoal {
+                mode: LifecycleMode::Ensure,
+                days_after_initiation: 3
+            })
+        );
+        let no_days = spec(serde_json::json!({"lifecycleRule": {"mode": "Ensure"}}));
+        let problem = plan(&no_days, &Fences::default()).unwrap_err();
+        assert!(
+            problem.message.contains("daysAfterInitiation"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn every_example_resource_plans() {
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples");
+        let mut planned = 0;
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde_yaml::Value::deserialize(document).unwrap();
+                if value["kind"] != "MultipartCleanup" {
+                    continue;
+                }
+                let spec: MultipartCleanupSpec =
+                    serde_yaml::from_value(value["spec"].clone()).unwrap();
+                plan(&spec, &Fences::default())
+                    .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.message));
+                planned += 1;
+            }
+        }
+        assert_eq!(planned, 6);
     }
 
     #[test]

@@ -3,10 +3,13 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 
-use super::conditions::{self, Health};
+use super::conditions::{self, Health, LifecycleHealth};
 use super::reason::Reason;
-use crate::api::RunSummary;
-use crate::sweep::{S3Error, S3ErrorKind, SweepOutcome, SweepStop};
+use crate::api::{BucketRun, LifecycleRun, PrefixRun, RunSummary};
+use crate::sweep::{
+    BucketResult, LifecycleGoal, LifecycleReport, LifecycleState, RunOutcome, S3Error, S3ErrorKind,
+    SweepStop,
+};
 use crate::text;
 
 /// The verdict on one run.
@@ -51,8 +54,8 @@ pub fn counts_text(run: &RunSummary) -> String {
 }
 
 /// The verdict on `outcome`; `interrupted_by` names what cancelled the sweep, if it was.
-pub fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
-    let s = &outcome.summary;
+pub fn judge(outcome: &RunOutcome, interrupted_by: &str) -> Verdict {
+    let s = &outcome.totals;
     let counts = counts_text(&run_summary(outcome, None));
     let failed = |reason: Reason, result: &'static str, message: String| Verdict {
         health: Health::not_ready(reason, message.clone()),
@@ -61,7 +64,9 @@ pub fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
         event_type: EventType::Warning,
         error: Some(message),
     };
+    let failed_buckets = outcome.failed_buckets();
     match &outcome.stop {
+        None if failed_buckets > 0 => judge_failed_buckets(outcome, &counts),
         None if s.failed == 0 => Verdict {
             health: Health::ready(counts),
             success: true,
@@ -111,6 +116,39 @@ pub fn judge(outcome: &SweepOutcome, interrupted_by: &str) -> Verdict {
     }
 }
 
+/// Some buckets of a run over several could not be swept: the rest were.
+fn judge_failed_buckets(outcome: &RunOutcome, counts: &str) -> Verdict {
+    let failed: Vec<&BucketResult> = outcome
+        .buckets
+        .iter()
+        .filter(|b| b.error.is_some())
+        .collect();
+    let first = failed[0];
+    let cause = match &first.stop {
+        Some(SweepStop::ListingFailed(err) | SweepStop::ServerUnreachable(err)) => Some(err),
+        _ => None,
+    };
+    let reason = match cause {
+        // Every bucket failed: the first one's cause is the resource's (bad credentials...).
+        Some(err) if failed.len() == outcome.buckets.len() => reason_and_advice(err).0,
+        _ => Reason::BucketsFailed,
+    };
+    let shown = cause.map_or_else(String::new, shown_cause);
+    let message = format!(
+        "{} of {} buckets could not be swept (first: {}: {shown}); {counts}",
+        failed.len(),
+        outcome.buckets.len(),
+        first.bucket
+    );
+    Verdict {
+        health: Health::not_ready(reason, message.clone()),
+        success: false,
+        result: "failed",
+        event_type: EventType::Warning,
+        error: Some(message),
+    }
+}
+
 fn reason_and_advice(err: &S3Error) -> (Reason, &'static str) {
     match err.kind {
         S3ErrorKind::InvalidCredentials => (
@@ -157,8 +195,49 @@ fn shown_cause(err: &S3Error) -> String {
 /// server text can swell the object past what the API server stores.
 const RUN_TEXT_MAX_BYTES: usize = conditions::MESSAGE_MAX_BYTES;
 
-pub fn run_summary(outcome: &SweepOutcome, error: Option<String>) -> RunSummary {
-    let s = &outcome.summary;
+/// What the LifecycleRuleReady condition says after a run: ready when every bucket's rule is
+/// Present or Applied. `None` when the spec asks for nothing.
+pub fn lifecycle_health(
+    goal: Option<&LifecycleGoal>,
+    outcome: &RunOutcome,
+) -> Option<LifecycleHealth> {
+    goal?;
+    let reports: Vec<(&str, &LifecycleReport)> = outcome
+        .buckets
+        .iter()
+        .filter_map(|b| Some((b.bucket.as_str(), b.lifecycle.as_ref()?)))
+        .collect();
+    let not_ready = reports
+        .iter()
+        .find(|(_, r)| !matches!(r.state, LifecycleState::Present | LifecycleState::Applied));
+    Some(match not_ready {
+        None if reports.is_empty() => LifecycleHealth {
+            ready: false,
+            reason: "NotChecked".into(),
+            message: "no bucket was reached to check its lifecycle rule".into(),
+        },
+        None => LifecycleHealth {
+            ready: true,
+            reason: "Present".into(),
+            message: format!(
+                "an AbortIncompleteMultipartUpload rule covers the swept uploads in {} bucket(s)",
+                reports.len()
+            ),
+        },
+        Some((bucket, report)) => LifecycleHealth {
+            ready: false,
+            reason: format!("{:?}", report.state),
+            message: format!("bucket {bucket}: {}", report.message),
+        },
+    })
+}
+
+/// Buckets listed one by one in status; the rest are counted.
+pub const MAX_BUCKETS_IN_STATUS: usize = 50;
+
+pub fn run_summary(outcome: &RunOutcome, error: Option<String>) -> RunSummary {
+    let s = &outcome.totals;
+    let listed = &outcome.buckets[..outcome.buckets.len().min(MAX_BUCKETS_IN_STATUS)];
     RunSummary {
         start_time: Time(s.start_time),
         completion_time: Time(s.completion_time),
@@ -177,6 +256,39 @@ pub fn run_summary(outcome: &SweepOutcome, error: Option<String>) -> RunSummary 
             .iter()
             .map(|w| text::bounded(w, RUN_TEXT_MAX_BYTES / 2))
             .collect(),
+        bucket_count: saturating_i64(outcome.buckets.len() as u64),
+        buckets: listed.iter().map(bucket_run).collect(),
+        more_buckets: saturating_i64((outcome.buckets.len() - listed.len()) as u64),
+        oldest_stale_age_seconds: s.oldest_stale_age_seconds.map(saturating_i64),
+        stale_bytes: s.stale_bytes.map(saturating_i64),
+        top_prefixes: s
+            .top_prefixes
+            .iter()
+            .map(|p| PrefixRun {
+                prefix: p.prefix.clone(),
+                uploads: saturating_i64(p.uploads),
+                bytes: p.bytes.map(saturating_i64),
+            })
+            .collect(),
+    }
+}
+
+fn bucket_run(bucket: &BucketResult) -> BucketRun {
+    BucketRun {
+        bucket: bucket.bucket.clone(),
+        found: saturating_i64(bucket.found),
+        stale: saturating_i64(bucket.stale),
+        aborted: saturating_i64(bucket.aborted),
+        failed: saturating_i64(bucket.failed),
+        error: bucket
+            .error
+            .as_ref()
+            .map(|e| text::bounded(e, RUN_TEXT_MAX_BYTES / 4)),
+        lifecycle: bucket.lifecycle.as_ref().map(|l| LifecycleRun {
+            state: format!("{:?}", l.state),
+            days_after_initiation: l.days_after_initiation,
+            message: text::bounded(&l.message, RUN_TEXT_MAX_BYTES / 4),
+        }),
     }
 }
 
@@ -192,14 +304,77 @@ mod tests {
     use crate::sweep::{SweepOptions, SweepSummary};
     use std::time::Duration;
 
-    fn outcome(stop: Option<SweepStop>, failed: u64) -> SweepOutcome {
+    fn outcome(stop: Option<SweepStop>, failed: u64) -> RunOutcome {
         let options = SweepOptions::new("b", MaxAge::from_secs(60).unwrap());
         let mut summary = SweepSummary::empty(&options, jiff::Timestamp::now());
         summary.found = 130;
         summary.stale = 120;
         summary.aborted = 120 - failed;
         summary.failed = failed;
-        SweepOutcome { summary, stop }
+        RunOutcome {
+            totals: summary,
+            buckets: vec![bucket("b", None)],
+            stop,
+        }
+    }
+
+    fn bucket(name: &str, stop: Option<SweepStop>) -> BucketResult {
+        BucketResult {
+            bucket: name.into(),
+            found: 1,
+            stale: 1,
+            aborted: 1,
+            already_gone: 0,
+            failed: 0,
+            error: stop
+                .as_ref()
+                .map(|_| "listing failed: no such bucket".into()),
+            lifecycle: None,
+            stop,
+        }
+    }
+
+    #[test]
+    fn failed_buckets_among_several_are_reported_and_all_failing_takes_their_cause() {
+        let missing = S3Error::new(
+            S3ErrorKind::NoSuchBucket,
+            Some("NoSuchBucket".into()),
+            "gone",
+        );
+        let mut run = outcome(None, 0);
+        run.buckets = vec![
+            bucket("a", None),
+            bucket("b", Some(SweepStop::ListingFailed(missing.clone()))),
+        ];
+        let verdict = judge(&run, "x");
+        assert_eq!(verdict.health.reason, Reason::BucketsFailed);
+        assert!(
+            verdict
+                .health
+                .message
+                .starts_with("1 of 2 buckets could not be swept (first: b:")
+        );
+        run.buckets.remove(0);
+        run.buckets
+            .push(bucket("c", Some(SweepStop::ListingFailed(missing))));
+        let verdict = judge(&run, "x");
+        assert_eq!(verdict.health.reason, Reason::BucketNotFound);
+        assert!(verdict.health.stalled);
+    }
+
+    #[test]
+    fn status_lists_fifty_buckets_and_counts_the_rest() {
+        let mut run = outcome(None, 0);
+        run.buckets = (0..55).map(|i| bucket(&format!("b{i:02}"), None)).collect();
+        let summary = run_summary(&run, None);
+        assert_eq!(
+            (
+                summary.bucket_count,
+                summary.buckets.len(),
+                summary.more_buckets
+            ),
+            (55, 50, 5)
+        );
     }
 
     #[test]
@@ -312,9 +487,9 @@ mod tests {
     #[test]
     fn run_summaries_are_bounded_and_saturate() {
         let mut run = outcome(None, 0);
-        run.summary.aborted = u64::MAX;
-        run.summary.bytes_freed = Some(u64::MAX);
-        run.summary.warnings = vec!["w".repeat(100_000)];
+        run.totals.aborted = u64::MAX;
+        run.totals.bytes_freed = Some(u64::MAX);
+        run.totals.warnings = vec!["w".repeat(100_000)];
         let summary = run_summary(&run, Some("e".repeat(400_000)));
         assert_eq!(summary.aborted, i64::MAX);
         assert_eq!(summary.bytes_freed, Some(i64::MAX));

@@ -27,8 +27,10 @@ pub enum UploadOutcome {
     },
     /// Somebody else completed or aborted it between the listing and the abort.
     AlreadyGone,
-    /// Dry run: it would have been aborted.
-    WouldAbort,
+    /// Dry run: it would have been aborted. `bytes` when measured.
+    WouldAbort {
+        bytes: Option<u64>,
+    },
     Failed(S3Error),
 }
 
@@ -52,11 +54,23 @@ impl AbortTarget {
     /// Handles the upload as `options` say; gives the upload back with what happened to it.
     pub async fn handle(self, options: AbortOptions) -> (ListedUpload, UploadOutcome) {
         let outcome = if options.dry_run {
-            UploadOutcome::WouldAbort
+            self.measure_only(options).await
         } else {
             self.abort(options).await
         };
         (self.upload, outcome)
+    }
+
+    /// A dry run measures what it would free, when asked to, and touches nothing.
+    async fn measure_only(&self, options: AbortOptions) -> UploadOutcome {
+        if !options.measure_bytes {
+            return UploadOutcome::WouldAbort { bytes: None };
+        }
+        match self.parts_size().await {
+            Ok(bytes) => UploadOutcome::WouldAbort { bytes: Some(bytes) },
+            Err(e) if e.kind == S3ErrorKind::UploadGone => UploadOutcome::AlreadyGone,
+            Err(_) => UploadOutcome::WouldAbort { bytes: None },
+        }
     }
 
     async fn abort(&self, options: AbortOptions) -> UploadOutcome {

@@ -4,13 +4,17 @@
 
 mod abort;
 mod body_cap;
+mod buckets;
 mod client;
 mod congestion;
 mod endpoint_policy;
 mod error;
+mod lifecycle;
 mod listing;
+mod many;
 mod requests;
 mod run;
+mod tally;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,13 +31,17 @@ use crate::text;
 
 pub use abort::{AbortOptions, MAX_ABORT_ATTEMPTS, UploadOutcome};
 pub use body_cap::MAX_ANSWER_BYTES;
+pub use buckets::{BucketSelection, glob_matches};
 pub use client::{
     AddressingStyle, CredentialSource, DEFAULT_REGION, Limits, S3Settings, SendGate, SettingsError,
 };
 pub use endpoint_policy::{DEFAULT_DENIED, EndpointForbidden, EndpointPolicy};
 pub use error::{RetryClass, S3Error, S3ErrorKind};
+pub use lifecycle::{LifecycleGoal, LifecycleMode, LifecycleReport, LifecycleState, RULE_ID};
 pub use listing::{ListedUpload, MAX_PAGES, ServerDate, parse_server_date};
+pub use many::{BucketResult, RunOutcome, sweep_buckets};
 pub use requests::RetryPolicy;
+pub use tally::{PrefixCount, PrefixTally, TOP_PREFIXES};
 
 pub const DEFAULT_PAGE_SIZE: i32 = 1000;
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -65,6 +73,8 @@ pub struct SweepOptions {
     /// operations).
     pub drain_timeout: Duration,
     pub retry: RetryPolicy,
+    /// How many `/`-separated levels of a key make the prefix stale uploads are counted by.
+    pub prefix_depth: usize,
 }
 
 impl SweepOptions {
@@ -81,6 +91,7 @@ impl SweepOptions {
             timeout: DEFAULT_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             retry: RetryPolicy::default(),
+            prefix_depth: 1,
         }
     }
 
@@ -111,6 +122,7 @@ impl SweepOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureExample {
+    pub bucket: String,
     pub key: String,
     pub upload_id: String,
     pub code: String,
@@ -121,6 +133,8 @@ pub struct FailureExample {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SweepSummary {
+    /// The bucket swept; empty (and left out of JSON) in the totals of several buckets.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub bucket: String,
     pub prefix: Option<String>,
     pub max_age_seconds: u64,
@@ -139,6 +153,16 @@ pub struct SweepSummary {
     pub throttled: u64,
     /// Bytes held by the aborted uploads; `None` unless measuring.
     pub bytes_freed: Option<u64>,
+    /// Bytes held by the stale uploads that were measured (aborted, or in a dry run would be);
+    /// `None` unless measuring.
+    pub stale_bytes: Option<u64>,
+    /// How old the oldest stale upload was, by the clock ages were measured on.
+    pub oldest_stale_age_seconds: Option<u64>,
+    /// The prefixes with the most stale uploads (and bytes, when measured).
+    pub top_prefixes: Vec<PrefixCount>,
+    /// Stale uploads by prefix, from which `top_prefixes` is made.
+    #[serde(skip)]
+    pub prefixes: PrefixTally,
     pub start_time: jiff::Timestamp,
     pub completion_time: jiff::Timestamp,
     pub failures: Vec<FailureExample>,
@@ -162,10 +186,21 @@ impl SweepSummary {
             failed: 0,
             throttled: 0,
             bytes_freed: (options.measure_bytes && !options.dry_run).then_some(0),
+            stale_bytes: options.measure_bytes.then_some(0),
+            oldest_stale_age_seconds: None,
+            top_prefixes: Vec::new(),
+            prefixes: PrefixTally::new(options.prefix_depth, options.measure_bytes),
             start_time,
             completion_time: start_time,
             failures: Vec::new(),
             warnings: Vec::new(),
+        }
+    }
+
+    fn count_stale_bytes(&mut self, upload: &ListedUpload, bytes: Option<u64>) {
+        if let (Some(total), Some(bytes)) = (self.stale_bytes.as_mut(), bytes) {
+            *total = total.saturating_add(bytes);
+            self.prefixes.add_bytes(&upload.key, bytes);
         }
     }
 
@@ -176,14 +211,16 @@ impl SweepSummary {
                 if let (Some(total), Some(bytes)) = (self.bytes_freed.as_mut(), bytes) {
                     *total = total.saturating_add(*bytes);
                 }
+                self.count_stale_bytes(upload, *bytes);
             }
             UploadOutcome::AlreadyGone => self.already_gone += 1,
-            UploadOutcome::WouldAbort => {}
+            UploadOutcome::WouldAbort { bytes } => self.count_stale_bytes(upload, *bytes),
             UploadOutcome::Failed(err) => {
                 self.failed += 1;
                 if self.failures.len() < MAX_FAILURE_EXAMPLES {
                     // Keys and upload IDs come from the server: shown escaped and cut.
                     self.failures.push(FailureExample {
+                        bucket: text::name(&self.bucket).to_string(),
                         key: text::name(&upload.key).to_string(),
                         upload_id: text::name(&upload.upload_id).to_string(),
                         code: err.code_or_kind(),
@@ -456,11 +493,14 @@ mod tests {
                 "failures",
                 "found",
                 "maxAgeSeconds",
+                "oldestStaleAgeSeconds",
                 "prefix",
                 "skipped",
                 "stale",
+                "staleBytes",
                 "startTime",
                 "throttled",
+                "topPrefixes",
                 "warnings"
             ]
         );

@@ -109,6 +109,13 @@ impl RunState {
                 self.summary.skipped += 1;
             } else if super::is_stale(upload.initiated, now, self.max_age) {
                 self.summary.stale += 1;
+                self.summary.prefixes.add_upload(&upload.key);
+                let age = upload
+                    .initiated
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|age| age.as_secs());
+                self.summary.oldest_stale_age_seconds =
+                    self.summary.oldest_stale_age_seconds.max(age);
                 self.pending.push_back(upload.clone());
             }
         }
@@ -191,6 +198,7 @@ impl RunState {
     ) -> super::SweepOutcome {
         self.summary.throttled = throttled;
         self.summary.completion_time = completion_time;
+        self.summary.top_prefixes = self.summary.prefixes.top();
         super::SweepOutcome {
             summary: self.summary,
             stop: self.stop,

@@ -256,9 +256,12 @@ pub async fn create_cleanup(
         "credentialsSecretRef": {"name": "s3-credentials"},
         "maxAge": "3s",
     });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().cloned().unwrap_or_default());
+    let fields = spec.as_object_mut().unwrap();
+    fields.extend(extra.as_object().cloned().unwrap_or_default());
+    // A selector replaces the one bucket.
+    if fields.contains_key("bucketSelector") {
+        fields.remove("bucket");
+    }
     let resource: MultipartCleanup = serde_json::from_value(serde_json::json!({
         "apiVersion": "mpusweeper.io/v1alpha1",
         "kind": "MultipartCleanup",
