@@ -83,7 +83,7 @@ impl Metrics {
         Self {
             runs: counter(
                 "mpu_sweeper_runs_total",
-                "Sweeps run, by result (succeeded, partial, failed, interrupted, setup_failed).",
+                "Sweeps run, by result (succeeded, partial, failed, interrupted, deadline_exceeded, setup_failed).",
                 &["namespace", "name", "bucket", "result"],
             ),
             uploads_found: counter(

@@ -182,7 +182,11 @@ pub async fn run(args: ControllerArgs) -> u8 {
             }
             elector.leadership()
         }
-        None => Leadership::unelected(),
+        None => {
+            // Without elections this replica leads: the "no leader" alert must not fire.
+            metrics.set_leader(true);
+            Leadership::unelected()
+        }
     };
     let config = ControllerConfig {
         scope: Scope::from_namespaces(&args.namespaces),

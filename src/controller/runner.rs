@@ -18,11 +18,12 @@ use super::decide::{Activity, backoff};
 use super::queue::Ticket;
 use super::reason::Reason;
 use super::reconcile::{Due, Examined, examine, set_health, warn_if_new};
+use super::settings::{Plan, Problem};
 use super::verdict::{judge, lifecycle_health, run_summary, saturating_i64};
 use super::{Context, Error, reconcile, settings};
-use crate::api::MultipartCleanup;
+use crate::api::{MultipartCleanup, MultipartCleanupStatus};
 use crate::metrics::ResourceLabels;
-use crate::sweep::{self, NoProgress, SendGate, SweepStop};
+use crate::sweep::{self, NoProgress, RunOutcome, SendGate, SweepStop};
 
 /// Starts queued sweeps as slots free up, until the controller stops; then waits for the sweeps
 /// under way to wind down (they finish their aborts in flight and write their status).
@@ -85,12 +86,40 @@ async fn sweep_ticket(ctx: Arc<Context>, ticket: Ticket) {
     }
 }
 
-/// Sweeps the resource if it is still due; the resource as last written, when it was swept.
+/// A sweep under way: the resource as last written, its status as this run goes on writing it.
+struct Sweep<'a> {
+    ctx: &'a Context,
+    api: &'a Api<MultipartCleanup>,
+    mpc: MultipartCleanup,
+    status: MultipartCleanupStatus,
+    plan: Plan,
+    started: Timestamp,
+}
+
+/// Sweeps the resource if it is still due: start, prepare, run, record. The resource as last
+/// written, when it was swept.
 async fn sweep_resource(
     ctx: &Context,
     api: &Api<MultipartCleanup>,
     ticket: &Ticket,
 ) -> Result<Option<MultipartCleanup>, Error> {
+    let Some(sweep) = start(ctx, api, ticket).await? else {
+        return Ok(None);
+    };
+    let client = match sweep.prepare().await {
+        Ok(client) => client,
+        Err(problem) => return sweep.record_problem(problem).await,
+    };
+    let outcome = sweep.run(&client).await;
+    sweep.record(&outcome).await
+}
+
+/// Looks at the resource once more and marks it Running; `None` when it is no longer due.
+async fn start<'a>(
+    ctx: &'a Context,
+    api: &'a Api<MultipartCleanup>,
+    ticket: &Ticket,
+) -> Result<Option<Sweep<'a>>, Error> {
     if ctx.stop.is_cancelled() || !ctx.leadership.holds() {
         return Ok(None);
     }
@@ -111,139 +140,170 @@ async fn sweep_resource(
         mut status,
         plan,
     } = *due;
-    let now = Timestamp::now();
-    let generation = mpc.metadata.generation;
+    let started = Timestamp::now();
     status.last_handled_run_request = mpc
         .annotations()
         .get(crate::api::RUN_REQUESTED_ANNOTATION)
         .cloned();
     let running = Health::working(Reason::Running, format!("sweeping {}", plan.describe()));
-    set_health(&mut status, &running, generation, now);
+    set_health(&mut status, &running, mpc.metadata.generation, started);
     let Some(mpc) = ctx.writer.write(api, &mpc, &status).await? else {
         return Ok(None);
     };
+    Ok(Some(Sweep {
+        ctx,
+        api,
+        mpc,
+        status,
+        plan,
+        started,
+    }))
+}
 
-    let labels = ResourceLabels {
-        namespace: &ticket.namespace,
-        name: &ticket.name,
-        bucket: plan.bucket_label(),
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ticket.namespace);
-    let settings = settings::s3_settings(
-        &secrets,
-        &ticket.namespace,
-        &mpc.spec,
-        &ctx.limits,
-        &ctx.fences,
-    )
-    .await;
-    let mut settings = match settings {
-        Ok(settings) => settings,
-        Err(problem) => {
-            ctx.metrics.run_not_started(&labels);
-            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-            status.next_run_time = Some(Time(now + backoff(status.consecutive_failures)));
-            set_health(
-                &mut status,
-                &Health::not_ready(problem.reason, &problem.message),
-                generation,
-                now,
-            );
-            let before = mpc.status.clone().unwrap_or_default();
-            warn_if_new(ctx, &mpc, &before, &problem).await;
-            return ctx.writer.write_final(api, &mpc, &status).await;
+impl Sweep<'_> {
+    fn labels(&self) -> ResourceLabels<'_> {
+        ResourceLabels {
+            namespace: self.mpc.metadata.namespace.as_deref().unwrap_or_default(),
+            name: self.mpc.metadata.name.as_deref().unwrap_or_default(),
+            bucket: self.plan.bucket_label(),
         }
-    };
-    // No request goes out once this replica may no longer lead: a standby may be sweeping.
-    let leadership = ctx.leadership.clone();
-    settings.send_gate = Some(SendGate::new(move || {
-        (!leadership.holds()).then(|| "this controller no longer holds the leader lease".to_owned())
-    }));
-    let client = match settings.client().await {
-        Ok(client) => client,
-        Err(err) => {
-            // validate() passed in s3_settings, so this is unexpected; a spec problem.
-            let health = Health::not_ready(Reason::InvalidSpec, err.to_string());
-            set_health(&mut status, &health, generation, now);
-            return ctx.writer.write_final(api, &mpc, &status).await;
-        }
-    };
+    }
 
-    tracing::info!(namespace = %ticket.namespace, name = %ticket.name, buckets = %plan.describe(), "sweep starting");
-    // A sweep stops early at shutdown, and also when its resource is deleted, replaced or its
-    // spec changes (suspend, dryRun, bucket...): the run a user is trying to stop must not go on.
-    let run_cancel = ctx.stop.child_token();
-    let watch = tokio::spawn(cancel_on_change(
-        ctx.stores.clone(),
-        ObjectRef::from_obj(&mpc),
-        mpc.metadata.uid.clone(),
-        generation,
-        run_cancel.clone(),
-    ));
-    let outcome = sweep::sweep_buckets(
-        &client,
-        &plan.buckets,
-        &plan.options,
-        plan.lifecycle.as_ref(),
-        &NoProgress,
-        &run_cancel,
-    )
-    .await;
-    watch.abort();
-    let interrupted_by = if !ctx.leadership.holds() {
-        "the loss of leadership"
-    } else if ctx.stop.is_cancelled() {
-        "controller shutdown"
-    } else {
-        "a change to the resource (deleted, replaced, or its spec edited)"
-    };
-    let verdict = judge(&outcome, interrupted_by);
-    let summary = &outcome.totals;
-    tracing::info!(
-        namespace = %ticket.namespace, name = %ticket.name, found = summary.found, stale = summary.stale,
-        aborted = summary.aborted, failed = summary.failed, result = verdict.result, "sweep finished"
-    );
-    ctx.metrics
-        .sweep_finished(&labels, summary, verdict.result, verdict.success);
+    /// The S3 client, from the Secrets the resource names, within the operator's fences.
+    async fn prepare(&self) -> Result<aws_sdk_s3::Client, Problem> {
+        let ctx = self.ctx;
+        let namespace = self.mpc.metadata.namespace.as_deref().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        let mut settings = settings::s3_settings(
+            &secrets,
+            namespace,
+            &self.mpc.spec,
+            &ctx.limits,
+            &ctx.fences,
+        )
+        .await?;
+        // No request goes out once this replica may no longer lead: a standby may be sweeping.
+        let leadership = ctx.leadership.clone();
+        settings.send_gate = Some(SendGate::new(move || {
+            (!leadership.holds())
+                .then(|| "this controller no longer holds the leader lease".to_owned())
+        }));
+        // validate() passed in s3_settings, so a failure here is unexpected; a spec problem.
+        settings.client().await.map_err(|err| Problem {
+            reason: Reason::InvalidSpec,
+            message: err.to_string(),
+        })
+    }
 
-    let completed = Timestamp::now();
-    status.last_run = Some(run_summary(&outcome, verdict.error.clone()));
-    status.total_aborted = status
-        .total_aborted
-        .saturating_add(saturating_i64(summary.aborted));
-    let next = if verdict.success {
-        status.consecutive_failures = 0;
-        status.last_successful_run_time = Some(Time(summary.completion_time));
-        plan.schedule.next_after(summary.start_time)
-    } else if matches!(outcome.stop, Some(SweepStop::Cancelled)) {
-        // Interrupted: due again as soon as a controller picks it up.
+    /// A run that could not start (a Secret missing or refused...): a failed run, retried with
+    /// backoff.
+    async fn record_problem(mut self, problem: Problem) -> Result<Option<MultipartCleanup>, Error> {
+        self.ctx.metrics.run_not_started(&self.labels());
+        let status = &mut self.status;
         status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-        completed
-    } else {
-        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-        completed + backoff(status.consecutive_failures)
-    };
-    status.next_run_time = Some(Time(next));
-    set_health(&mut status, &verdict.health, generation, completed);
-    conditions::apply_lifecycle(
-        &mut status.conditions,
-        lifecycle_health(plan.lifecycle.as_ref(), &outcome).as_ref(),
-        generation,
-        completed,
-    );
-    // Losing this write would lose the run's counts and sweep the bucket again: it is retried,
-    // and kept for the next reconcile if the API server stays away.
-    let written = ctx.writer.write_final(api, &mpc, &status).await?;
-    if written.is_some() {
-        ctx.publish(
-            &mpc,
-            verdict.event_type,
-            verdict.health.reason,
-            &verdict.health.message,
+        status.next_run_time = Some(Time(self.started + backoff(status.consecutive_failures)));
+        let health = Health::not_ready(problem.reason, &problem.message);
+        set_health(status, &health, self.mpc.metadata.generation, self.started);
+        let before = self.mpc.status.clone().unwrap_or_default();
+        warn_if_new(self.ctx, &self.mpc, &before, &problem).await;
+        self.ctx
+            .writer
+            .write_final(self.api, &self.mpc, &self.status)
+            .await
+    }
+
+    /// Sweeps, stopping early at shutdown and also when the resource is deleted, replaced or its
+    /// spec changes (suspend, dryRun, bucket...): the run a user is trying to stop must not go on.
+    async fn run(&self, client: &aws_sdk_s3::Client) -> RunOutcome {
+        let labels = self.labels();
+        tracing::info!(namespace = %labels.namespace, name = %labels.name, buckets = %self.plan.describe(), "sweep starting");
+        let run_cancel = self.ctx.stop.child_token();
+        let watch = tokio::spawn(cancel_on_change(
+            self.ctx.stores.clone(),
+            ObjectRef::from_obj(&self.mpc),
+            self.mpc.metadata.uid.clone(),
+            self.mpc.metadata.generation,
+            run_cancel.clone(),
+        ));
+        let plan = &self.plan;
+        let outcome = sweep::sweep_buckets(
+            client,
+            &plan.buckets,
+            &plan.options,
+            plan.lifecycle.as_ref(),
+            &NoProgress,
+            &run_cancel,
         )
         .await;
+        watch.abort();
+        outcome
     }
-    Ok(written)
+
+    /// Writes what the run did: counts, conditions, the next run; an Event and metrics.
+    async fn record(mut self, outcome: &RunOutcome) -> Result<Option<MultipartCleanup>, Error> {
+        let ctx = self.ctx;
+        let interrupted_by = if !ctx.leadership.holds() {
+            "the loss of leadership"
+        } else if ctx.stop.is_cancelled() {
+            "controller shutdown"
+        } else {
+            "a change to the resource (deleted, replaced, or its spec edited)"
+        };
+        let verdict = judge(outcome, interrupted_by);
+        let summary = &outcome.totals;
+        let labels = self.labels();
+        tracing::info!(
+            namespace = %labels.namespace, name = %labels.name, found = summary.found, stale = summary.stale,
+            aborted = summary.aborted, failed = summary.failed, result = verdict.result, "sweep finished"
+        );
+        ctx.metrics
+            .sweep_finished(&labels, summary, verdict.result, verdict.success);
+
+        let completed = Timestamp::now();
+        let generation = self.mpc.metadata.generation;
+        let status = &mut self.status;
+        status.last_run = Some(run_summary(outcome, verdict.error.clone()));
+        status.total_aborted = status
+            .total_aborted
+            .saturating_add(saturating_i64(summary.aborted));
+        let next = if verdict.success {
+            status.consecutive_failures = 0;
+            status.last_successful_run_time = Some(Time(summary.completion_time));
+            self.plan.schedule.next_after(summary.start_time)
+        } else if matches!(outcome.stop, Some(SweepStop::Cancelled)) {
+            // Interrupted: due again as soon as a controller picks it up.
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            completed
+        } else {
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            completed + backoff(status.consecutive_failures)
+        };
+        status.next_run_time = Some(Time(next));
+        set_health(status, &verdict.health, generation, completed);
+        let lifecycle = lifecycle_health(self.plan.lifecycle.as_ref(), outcome);
+        conditions::apply_lifecycle(
+            &mut status.conditions,
+            lifecycle.as_ref(),
+            generation,
+            completed,
+        );
+        // Losing this write would lose the run's counts and sweep the bucket again: it is
+        // retried, and kept for the next reconcile if the API server stays away.
+        let written = ctx
+            .writer
+            .write_final(self.api, &self.mpc, &self.status)
+            .await?;
+        if written.is_some() {
+            ctx.publish(
+                &self.mpc,
+                verdict.event_type,
+                verdict.health.reason,
+                &verdict.health.message,
+            )
+            .await;
+        }
+        Ok(written)
+    }
 }
 
 /// How often a running sweep looks at its resource in the watch cache.
