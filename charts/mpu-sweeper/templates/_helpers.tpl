@@ -63,3 +63,13 @@ controller holds no Secret it was not pointed at), and record Events on them.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* A duration in maxAge syntax (26h, 1d12h, 2w) as whole seconds, for PromQL comparisons. */}}
+{{- define "mpu-sweeper.seconds" -}}
+{{- $units := dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+[smhdw]" . -1 }}
+{{- $total = add $total (mul (trimSuffix (regexFind "[smhdw]$" .) . | atoi) (get $units (regexFind "[smhdw]$" .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
