@@ -1,0 +1,7 @@
+//! See fuzz/harness/max_age.rs for the input format and what is checked.
+#![no_main]
+
+#[path = "../harness/max_age.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::run(data));
