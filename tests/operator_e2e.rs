@@ -470,24 +470,39 @@ async fn fifty_resources_at_once_all_get_swept() {
     futures::future::join_all(creations).await;
 
     let api: Api<MultipartCleanup> = Api::namespaced(kube.client.clone(), &namespace);
-    eventually(
+    let swept = |m: &MultipartCleanup| {
+        let status = m.status.clone().unwrap_or_default();
+        condition(&status, "Ready").map(|c| c.0) == Some("True")
+            && status.last_run.as_ref().is_some_and(|r| r.aborted == 2)
+    };
+    let all_swept = eventually(
         "all 50 resources Ready with their counts",
-        Duration::from_secs(180),
+        Duration::from_secs(240),
         || async {
             let list = api.list(&ListParams::default()).await.ok()?;
-            let done = list
-                .items
-                .iter()
-                .filter(|m| {
-                    let status = m.status.clone().unwrap_or_default();
-                    condition(&status, "Ready").map(|c| c.0) == Some("True")
-                        && status.last_run.as_ref().is_some_and(|r| r.aborted == 2)
-                })
-                .count();
-            (done == 50).then_some(())
+            (list.items.iter().filter(|m| swept(m)).count() == 50).then_some(())
         },
-    )
-    .await;
+    );
+    if tokio::time::timeout(Duration::from_secs(180), all_swept)
+        .await
+        .is_err()
+    {
+        // Say which resources are behind and what the controller did, not just "timed out".
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let behind: Vec<_> = list
+            .items
+            .iter()
+            .filter(|m| !swept(m))
+            .map(|m| format!("{:?}: {:?}", m.metadata.name, m.status))
+            .collect();
+        let log = controller.log();
+        let tail = log.lines().rev().take(60).collect::<Vec<_>>();
+        let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!(
+            "{} resources not swept after 180s: {behind:#?}\ncontroller log tail:\n{tail}",
+            behind.len()
+        );
+    }
     for bucket in &buckets {
         assert_eq!(remaining_uploads(&s3, bucket).await, vec![], "{bucket}");
     }
