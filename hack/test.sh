@@ -15,10 +15,13 @@ cargo fmt --check
 echo "== test beds: S3 servers and packaging tools"
 s3_env=$(hack/testenv.sh up)
 tools_env=$(hack/tools.sh up)
-# The first kube-apiserver build takes ~10 minutes: it runs beside the Rust builds below
-# (afterwards it is cached and this returns at once).
+# buildah, skopeo, umoci, runc: the operator's image for tests/image.rs and the node.
+hack/image.sh deps
+# The first build of the Kubernetes binaries (kube-apiserver, and the node's: kubelet,
+# kube-proxy, kube-controller-manager, kube-scheduler, pause) and the node's packages and images
+# runs beside the Rust builds below (afterwards it is cached and this returns at once).
 kube_log=$(mktemp)
-hack/kubeenv.sh install >"$kube_log" 2>&1 &
+hack/nodeenv.sh install >"$kube_log" 2>&1 &
 kube_install=$!
 set -a
 # shellcheck disable=SC1090
@@ -36,13 +39,19 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo build (tests)"
 cargo test --locked --no-run
 
-echo "== test bed: kube-apiserver (built once, cached)"
+echo "== test bed: kube-apiserver and a node (built once, cached)"
 wait "$kube_install" || { cat "$kube_log" >&2; exit 1; }
 rm -f "$kube_log"
 kube_env=$(hack/kubeenv.sh up)
+# The node joins that apiserver's cluster: kube-controller-manager, kube-scheduler, containerd,
+# kubelet and kube-proxy in a network namespace of their own, the operator's image loaded when
+# hack/image.sh builds one.
+node_env=$(hack/nodeenv.sh up)
 set -a
 # shellcheck disable=SC1090
 . "$kube_env"
+# shellcheck disable=SC1090
+. "$node_env"
 set +a
 
 echo "== cargo test"
