@@ -93,7 +93,9 @@ pub struct MultipartCleanupSpec {
     #[serde(default)]
     pub suspend: bool,
 
-    /// Aborts in flight at once.
+    /// The most requests in flight at once. A run starts at 16 and grows towards this while more
+    /// requests in flight raise the rate (across a network), and comes down when the server
+    /// throttles, fails or slows.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: i32,
@@ -337,7 +339,7 @@ mod tests {
         .unwrap();
         assert_eq!(spec.region, "us-east-1");
         assert_eq!(spec.schedule, "@hourly");
-        assert_eq!(spec.concurrency, 16);
+        assert_eq!(spec.concurrency, 128);
         assert_eq!(spec.timeout, "1h");
         assert_eq!(spec.addressing_style, AddressingStyle::Virtual);
         assert!(!spec.dry_run && !spec.suspend && !spec.measure_bytes);

@@ -11,6 +11,7 @@ use common::*;
 
 common::on_every_server!(
     a_throttling_server_is_slowed_down_and_every_stale_upload_still_goes,
+    across_a_round_trip_more_requests_are_kept_in_flight_up_to_the_bound,
     an_internal_error_burst_is_retried,
     answers_lost_after_the_abort_count_as_aborted,
     a_listing_broken_mid_answer_is_retried,
@@ -203,6 +204,62 @@ async fn a_throttling_server_is_slowed_down_and_every_stale_upload_still_goes(se
         "throttling must cut the aborts in flight: {later_max}"
     );
     assert!(later_mean < 4.0, "{later_mean}");
+}
+
+/// 40 ms per request (the proxy holds each one): doubling the requests in flight doubles the
+/// rate, so the sweep raises its limit past the 16 it starts with; `--concurrency` still bounds it.
+async fn across_a_round_trip_more_requests_are_kept_in_flight_up_to_the_bound(server: Server) {
+    const STALE: usize = 400;
+    let scene = scene(server, "latency", &[("old/", STALE)]).await;
+    scene
+        .proxy
+        .add_rule(Rule::any().then(Action::delay(Duration::from_millis(40))));
+    let most_in_flight = || {
+        let records = scene.proxy.records();
+        let aborts: Vec<_> = records
+            .iter()
+            .filter(|r| r.op == Op::AbortMultipartUpload)
+            .collect();
+        let mut ids: Vec<&str> = aborts.iter().map(|r| r.upload_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), aborts.len(), "an upload was aborted twice");
+        records.iter().map(|r| r.in_flight_at_start).max().unwrap()
+    };
+
+    let run = scene.sweep(&[]);
+    assert_eq!(run.status, 0, "stderr: {}", run.stderr);
+    let json = run.json();
+    assert_eq!(
+        counts(&json),
+        [STALE as u64 + 3, STALE as u64, STALE as u64, 0, 0, 0]
+    );
+    let peak = json["peakConcurrency"].as_u64().unwrap();
+    let grown = most_in_flight();
+    eprintln!("default bound: limit peaked at {peak}, {grown} requests in flight at most");
+    assert!(peak >= 32, "the limit never grew: {peak}");
+    assert!(grown > 16, "never more than 16 in flight: {grown}");
+    scene.assert_only_young_left().await;
+
+    // As many again under another prefix (the young uploads are no longer young), under a bound
+    // of 24: the limit stops there.
+    let more = create_uploads(&scene.s3, &scene.bucket, &keys("again/", STALE)).await;
+    tokio::time::sleep(AGE_WAIT).await;
+    scene.proxy.reset_stats();
+    let run = scene.sweep(&["--concurrency", "24", "--prefix", "again/"]);
+    assert_eq!(run.status, 0, "stderr: {}", run.stderr);
+    assert_eq!(run.json()["aborted"].as_u64(), Some(more.len() as u64));
+    assert_eq!(run.json()["peakConcurrency"].as_u64(), Some(24));
+    let bounded = most_in_flight();
+    eprintln!("bound 24: {bounded} requests in flight at most");
+    assert!(
+        bounded <= 24 + 1,
+        "the bound is 24 (and the listing): {bounded}"
+    );
+    assert_eq!(
+        remaining_uploads(&scene.s3, &scene.bucket).await.len(),
+        YOUNG
+    );
 }
 
 async fn an_internal_error_burst_is_retried(server: Server) {

@@ -174,6 +174,7 @@ impl Combined {
         t.skipped += s.skipped;
         t.failed += s.failed;
         t.throttled += s.throttled;
+        t.peak_concurrency = t.peak_concurrency.max(s.peak_concurrency);
         t.bytes_freed = add_optional(t.bytes_freed, s.bytes_freed);
         t.stale_bytes = add_optional(t.stale_bytes, s.stale_bytes);
         t.oldest_stale_age_seconds = t.oldest_stale_age_seconds.max(s.oldest_stale_age_seconds);

@@ -44,7 +44,7 @@ pub use requests::RetryPolicy;
 pub use tally::{PrefixCount, PrefixTally, TOP_PREFIXES};
 
 pub const DEFAULT_PAGE_SIZE: i32 = 1000;
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub const DEFAULT_CONCURRENCY: usize = 128;
 pub const MAX_CONCURRENCY: usize = 256;
 /// Fits, with the status write and the Lease release, in the chart's 150 s termination grace.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -151,6 +151,9 @@ pub struct SweepSummary {
     pub failed: u64,
     /// Answers that asked for a slower pace (503, SlowDown); each was retried after a backoff.
     pub throttled: u64,
+    /// The most requests the run allowed in flight at once: its concurrency limit at its
+    /// highest, which grows from 16 towards `concurrency` while the server keeps up.
+    pub peak_concurrency: u64,
     /// Bytes held by the aborted uploads; `None` unless measuring.
     pub bytes_freed: Option<u64>,
     /// Bytes held by the stale uploads that were measured (aborted, or in a dry run would be);
@@ -185,6 +188,7 @@ impl SweepSummary {
             skipped: 0,
             failed: 0,
             throttled: 0,
+            peak_concurrency: 0,
             bytes_freed: (options.measure_bytes && !options.dry_run).then_some(0),
             stale_bytes: options.measure_bytes.then_some(0),
             oldest_stale_age_seconds: None,
@@ -379,6 +383,7 @@ async fn run_sweep(
             }
         }
     }
+    state.summary.peak_concurrency = requests.peak_concurrency() as u64;
     state.finish(requests.throttled(), jiff::Timestamp::now())
 }
 
@@ -494,6 +499,7 @@ mod tests {
                 "found",
                 "maxAgeSeconds",
                 "oldestStaleAgeSeconds",
+                "peakConcurrency",
                 "prefix",
                 "skipped",
                 "stale",

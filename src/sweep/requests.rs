@@ -5,12 +5,12 @@
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::congestion::{Aimd, Epoch};
+use super::congestion::{Epoch, Limiter};
 use super::error::{RetryClass, S3Error};
 
 /// How failed requests are retried.
@@ -67,7 +67,9 @@ pub struct Sent<T> {
 pub struct Requests {
     policy: RetryPolicy,
     budgets: Mutex<[u32; 2]>,
-    limit: Mutex<Aimd>,
+    limit: Mutex<Limiter>,
+    /// Attempts in flight now.
+    in_flight: AtomicUsize,
     throttled: AtomicU64,
     /// Cancelled when the run winds down: no more retries, and backoffs end at once.
     winding_down: CancellationToken,
@@ -87,7 +89,8 @@ impl Requests {
         Self {
             policy,
             budgets: Mutex::new([BUDGET_TOKENS; 2]),
-            limit: Mutex::new(Aimd::new(max_concurrency)),
+            limit: Mutex::new(Limiter::new(max_concurrency)),
+            in_flight: AtomicUsize::new(0),
             throttled: AtomicU64::new(0),
             winding_down: CancellationToken::new(),
         }
@@ -96,6 +99,11 @@ impl Requests {
     /// Requests the run may have in flight now.
     pub fn concurrency_limit(&self) -> usize {
         lock(&self.limit).limit()
+    }
+
+    /// The highest concurrency limit of the run so far.
+    pub fn peak_concurrency(&self) -> usize {
+        lock(&self.limit).peak()
     }
 
     /// Throttled answers so far (each attempt counts).
@@ -117,10 +125,14 @@ impl Requests {
     {
         let mut so_far = Attempts::default();
         loop {
-            let epoch = lock(&self.limit).epoch();
-            let error = match attempt().await {
+            let sending = InFlight::count(&self.in_flight);
+            let epoch = lock(&self.limit).on_send(sending.now);
+            let sent_at = tokio::time::Instant::now();
+            let answer = attempt().await;
+            drop(sending);
+            let error = match answer {
                 Ok(value) => {
-                    self.on_success(lane);
+                    self.on_success(lane, sent_at.elapsed());
                     return Sent {
                         result: Ok(value),
                         maybe_applied_before: so_far.maybe_applied,
@@ -186,8 +198,16 @@ impl Requests {
         retry.then(|| self.backoff(so_far.failures + so_far.throttles))
     }
 
-    fn on_success(&self, lane: Lane) {
-        lock(&self.limit).on_success();
+    fn on_success(&self, lane: Lane, took: Duration) {
+        if let Some(round) = lock(&self.limit).on_success(took) {
+            tracing::debug!(
+                ran_at = round.ran_at,
+                median_ms = round.median.as_secs_f64() * 1e3,
+                per_second = round.rate.round(),
+                limit = round.limit,
+                "concurrency round"
+            );
+        }
         let mut budgets = lock(&self.budgets);
         let budget = &mut budgets[lane as usize];
         *budget = (*budget + 1).min(BUDGET_TOKENS);
@@ -212,6 +232,27 @@ impl Requests {
             .saturating_mul(1u32 << retries.saturating_sub(1).min(16))
             .min(self.policy.max_backoff);
         ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// One attempt counted in flight until it is dropped, answered or not (a run that gives up on
+/// its drain drops attempts mid-flight).
+struct InFlight<'a> {
+    counter: &'a AtomicUsize,
+    /// Attempts in flight when this one was sent, itself included.
+    now: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn count(counter: &'a AtomicUsize) -> Self {
+        let now = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        Self { counter, now }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
