@@ -357,6 +357,8 @@ async fn a_frozen_leader_sends_no_abort_after_a_standby_took_over() {
         (proxy.count(Op::AbortMultipartUpload) >= 20).then_some(())
     })
     .await;
+    // Marked Running (a run that lasts is): the standby then knows the run was lost.
+    wait_for_reason(&kube.client, &namespace, "frozen", "Running").await;
 
     // Frozen mid-sweep until the standby holds the Lease; then it wakes up.
     signal(leader.pid(), "-STOP");

@@ -1,6 +1,6 @@
 //! Sweeps, beside the reconciles: the dispatcher starts queued sweeps as slots free up, and each
-//! sweep looks at its resource once more, marks it Running, reads its Secrets, sweeps, and writes
-//! what happened.
+//! sweep looks at its resource once more, reads its Secrets, sweeps (marking the resource Running
+//! if the run lasts), and writes what happened: one status write for a short run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tokio::task::JoinSet;
@@ -94,6 +95,8 @@ struct Sweep<'a> {
     status: MultipartCleanupStatus,
     plan: Plan,
     started: Timestamp,
+    /// The Ready reason before this run, to tell a run that changed it from one more of the same.
+    previous: Option<Reason>,
 }
 
 /// Sweeps the resource if it is still due: start, prepare, run, record. The resource as last
@@ -103,18 +106,23 @@ async fn sweep_resource(
     api: &Api<MultipartCleanup>,
     ticket: &Ticket,
 ) -> Result<Option<MultipartCleanup>, Error> {
-    let Some(sweep) = start(ctx, api, ticket).await? else {
+    let Some(mut sweep) = start(ctx, api, ticket).await? else {
         return Ok(None);
     };
     let client = match sweep.prepare().await {
         Ok(client) => client,
         Err(problem) => return sweep.record_problem(problem).await,
     };
-    let outcome = sweep.run(&client).await;
+    let outcome = sweep.run_and_mark(&client).await;
     sweep.record(&outcome).await
 }
 
-/// Looks at the resource once more and marks it Running; `None` when it is no longer due.
+/// A run still going after this long is marked Running in the status; a shorter one costs no
+/// write beyond its result. (A controller that dies within it leaves no trace of the run, which
+/// is then simply due again.)
+const MARK_RUNNING_AFTER: Duration = Duration::from_secs(3);
+
+/// Looks at the resource once more; `None` when it is no longer due.
 async fn start<'a>(
     ctx: &'a Context,
     api: &'a Api<MultipartCleanup>,
@@ -145,11 +153,12 @@ async fn start<'a>(
         .annotations()
         .get(crate::api::RUN_REQUESTED_ANNOTATION)
         .cloned();
+    let previous = mpc
+        .status
+        .as_ref()
+        .and_then(|s| conditions::ready_reason(&s.conditions));
     let running = Health::working(Reason::Running, format!("sweeping {}", plan.describe()));
     set_health(&mut status, &running, mpc.metadata.generation, started);
-    let Some(mpc) = ctx.writer.write(api, &mpc, &status).await? else {
-        return Ok(None);
-    };
     Ok(Some(Sweep {
         ctx,
         api,
@@ -157,6 +166,7 @@ async fn start<'a>(
         status,
         plan,
         started,
+        previous,
     }))
 }
 
@@ -212,12 +222,50 @@ impl Sweep<'_> {
             .await
     }
 
+    /// Runs the sweep and, if it lasts [`MARK_RUNNING_AFTER`], writes the Running status
+    /// meanwhile. A status that changed under that write (another controller) stops the run.
+    async fn run_and_mark(&mut self, client: &aws_sdk_s3::Client) -> RunOutcome {
+        let run_cancel = self.ctx.stop.child_token();
+        let ended = CancellationToken::new();
+        let run = async {
+            let outcome = self.run(client, &run_cancel).await;
+            ended.cancel();
+            outcome
+        };
+        let mark = async {
+            tokio::select! {
+                () = tokio::time::sleep(MARK_RUNNING_AFTER) => {}
+                () = ended.cancelled() => return None,
+            }
+            let written = self
+                .ctx
+                .writer
+                .write(self.api, &self.mpc, &self.status)
+                .await;
+            if !matches!(written, Ok(Some(_))) {
+                run_cancel.cancel();
+            }
+            Some(written)
+        };
+        let (outcome, marked) = tokio::join!(run, mark);
+        match marked {
+            Some(Ok(Some(mpc))) => self.mpc = mpc,
+            Some(Ok(None)) => {
+                tracing::info!(namespace = %self.labels().namespace, name = %self.labels().name, "the resource changed under the run; stopped it");
+            }
+            Some(Err(err)) => {
+                tracing::warn!(namespace = %self.labels().namespace, name = %self.labels().name, error = %err, "could not mark the run Running; stopped it");
+            }
+            None => {}
+        }
+        outcome
+    }
+
     /// Sweeps, stopping early at shutdown and also when the resource is deleted, replaced or its
     /// spec changes (suspend, dryRun, bucket...): the run a user is trying to stop must not go on.
-    async fn run(&self, client: &aws_sdk_s3::Client) -> RunOutcome {
+    async fn run(&self, client: &aws_sdk_s3::Client, run_cancel: &CancellationToken) -> RunOutcome {
         let labels = self.labels();
         tracing::info!(namespace = %labels.namespace, name = %labels.name, buckets = %self.plan.describe(), "sweep starting");
-        let run_cancel = self.ctx.stop.child_token();
         let watch = tokio::spawn(cancel_on_change(
             self.ctx.stores.clone(),
             ObjectRef::from_obj(&self.mpc),
@@ -232,7 +280,7 @@ impl Sweep<'_> {
             &plan.options,
             plan.lifecycle.as_ref(),
             &NoProgress,
-            &run_cancel,
+            run_cancel,
         )
         .await;
         watch.abort();
@@ -293,7 +341,12 @@ impl Sweep<'_> {
             .writer
             .write_final(self.api, &self.mpc, &self.status)
             .await?;
-        if written.is_some() {
+        // An Event for what is news: a warning, a new Ready reason, or uploads aborted; not one
+        // more "nothing to do" an hour (thousands of resources would fill etcd with them).
+        let news = verdict.event_type == EventType::Warning
+            || self.previous != Some(verdict.health.reason)
+            || summary.aborted > 0;
+        if written.is_some() && news {
             ctx.publish(
                 &self.mpc,
                 verdict.event_type,

@@ -246,9 +246,10 @@ impl Limiter {
     /// The server throttled or failed a request sent in `sent_in`. Only requests sent after the
     /// last decrease can cause another: the answers to requests sent together, before the server
     /// was heard from, halve the limit once (TCP's once-per-round-trip rule), not once each.
-    pub fn on_congestion(&mut self, sent_in: Epoch) {
+    /// Returns whether it did.
+    pub fn on_congestion(&mut self, sent_in: Epoch) -> bool {
         if sent_in < self.epoch {
-            return;
+            return false;
         }
         self.end_trials();
         self.limit = (self.limit / 2.0).max(1.0);
@@ -257,6 +258,7 @@ impl Limiter {
         self.round.clear();
         self.reached = false;
         self.settling = true;
+        true
     }
 }
 

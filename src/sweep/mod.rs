@@ -12,6 +12,7 @@ mod error;
 mod lifecycle;
 mod listing;
 mod many;
+mod pacing;
 mod requests;
 mod run;
 mod tally;

@@ -1,5 +1,6 @@
-//! Sending one run's S3 requests: retries with backoff, a retry budget of the run's own, and the
-//! run's concurrency limit, all fed by what the server answers. The SDK's own retries are off
+//! Sending one run's S3 requests: retries with backoff, a retry budget of the run's own, the
+//! run's concurrency limit and, once the server throttles, its rate cap, all fed by what the
+//! server answers. The SDK's own retries are off
 //! (its retry budget is shared by every client in the process, so one tenant's failing endpoint
 //! could use up the retries of all others); nothing here outlives the run.
 
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::congestion::{Epoch, Limiter};
 use super::error::{RetryClass, S3Error};
+use super::pacing::Pacer;
 
 /// How failed requests are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,9 @@ pub struct Requests {
     policy: RetryPolicy,
     budgets: Mutex<[u32; 2]>,
     limit: Mutex<Limiter>,
+    pacer: Mutex<Pacer>,
+    /// When the run began: the pacer's clock counts from here.
+    began: tokio::time::Instant,
     /// Attempts in flight now.
     in_flight: AtomicUsize,
     throttled: AtomicU64,
@@ -90,6 +95,8 @@ impl Requests {
             policy,
             budgets: Mutex::new([BUDGET_TOKENS; 2]),
             limit: Mutex::new(Limiter::new(max_concurrency)),
+            pacer: Mutex::new(Pacer::default()),
+            began: tokio::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
             throttled: AtomicU64::new(0),
             winding_down: CancellationToken::new(),
@@ -125,6 +132,7 @@ impl Requests {
     {
         let mut so_far = Attempts::default();
         loop {
+            self.wait_for_pace().await;
             let sending = InFlight::count(&self.in_flight);
             let epoch = lock(&self.limit).on_send(sending.now);
             let sent_at = tokio::time::Instant::now();
@@ -179,7 +187,11 @@ impl Requests {
             }
             RetryClass::Throttled => {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
-                lock(&self.limit).on_congestion(sent_in);
+                if lock(&self.limit).on_congestion(sent_in) {
+                    let mut pacer = lock(&self.pacer);
+                    pacer.on_throttle(self.seconds());
+                    tracing::debug!(per_second = pacer.rate().map(f64::round), "paced");
+                }
                 so_far.throttles += 1;
                 so_far.throttles < self.policy.max_throttled_attempts
             }
@@ -198,7 +210,25 @@ impl Requests {
         retry.then(|| self.backoff(so_far.failures + so_far.throttles))
     }
 
+    /// Waits until the rate cap lets one more request go (at once while the server has not
+    /// throttled). A run winding down sends what it has without waiting: its few remaining
+    /// requests are bounded by the concurrency limit.
+    async fn wait_for_pace(&self) {
+        let wait = lock(&self.pacer).on_send(self.seconds());
+        if wait > 0.0 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                () = self.winding_down.cancelled() => {}
+            }
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.began.elapsed().as_secs_f64()
+    }
+
     fn on_success(&self, lane: Lane, took: Duration) {
+        lock(&self.pacer).on_success(self.seconds());
         if let Some(round) = lock(&self.limit).on_success(took) {
             tracing::debug!(
                 ran_at = round.ran_at,
