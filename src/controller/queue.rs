@@ -2,7 +2,7 @@
 //! of one namespace, so that one tenant's long or stalled sweeps cannot take every slot. Pure
 //! bookkeeping; the controller starts and ends the sweeps.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::decide::Activity;
 
@@ -29,6 +29,10 @@ pub struct SweepQueue {
     waiting: VecDeque<Ticket>,
     running: Vec<Ticket>,
     running_per_namespace: HashMap<String, usize>,
+    /// Waiting sweeps that must not start yet: their `Queued` status is being written, and a
+    /// sweep that started meanwhile would read the resource before that write and then find its
+    /// own result refused as written over someone else's status.
+    held: HashSet<(String, String)>,
 }
 
 impl SweepQueue {
@@ -39,6 +43,7 @@ impl SweepQueue {
             waiting: VecDeque::new(),
             running: Vec::new(),
             running_per_namespace: HashMap::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -82,6 +87,7 @@ impl SweepQueue {
                 .unwrap_or(0)
                 < self.max_per_namespace
                 && !self.running.iter().any(|t| t.key() == ticket.key())
+                && !self.is_held(ticket)
         };
         let index = self.waiting.iter().position(startable)?;
         let ticket = self.waiting.remove(index)?;
@@ -91,6 +97,22 @@ impl SweepQueue {
             .or_default() += 1;
         self.running.push(ticket.clone());
         Some(ticket)
+    }
+
+    /// Keeps a waiting sweep from starting until [`Self::release`].
+    pub fn hold(&mut self, ticket: &Ticket) {
+        self.held
+            .insert((ticket.namespace.clone(), ticket.name.clone()));
+    }
+
+    pub fn release(&mut self, ticket: &Ticket) {
+        self.held
+            .remove(&(ticket.namespace.clone(), ticket.name.clone()));
+    }
+
+    fn is_held(&self, ticket: &Ticket) -> bool {
+        self.held
+            .contains(&(ticket.namespace.clone(), ticket.name.clone()))
     }
 
     /// A sweep started by [`Self::start_next`] ended.
@@ -171,6 +193,18 @@ mod tests {
         queue.finished(&ticket("busy", "a"));
         assert_eq!(queue.start_next(), Some(ticket("busy", "c")));
         assert_eq!((queue.running(), queue.waiting()), (3, 3));
+    }
+
+    #[test]
+    fn a_held_ticket_starts_only_once_released_and_others_pass_it() {
+        let mut queue = SweepQueue::new(4, 4);
+        queue.enqueue(ticket("n", "held"));
+        queue.hold(&ticket("n", "held"));
+        queue.enqueue(ticket("n", "other"));
+        assert_eq!(queue.start_next(), Some(ticket("n", "other")));
+        assert_eq!(queue.start_next(), None);
+        queue.release(&ticket("n", "held"));
+        assert_eq!(queue.start_next(), Some(ticket("n", "held")));
     }
 
     #[test]

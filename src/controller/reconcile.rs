@@ -51,11 +51,17 @@ pub async fn look(
             let startable = {
                 let mut queue = ctx.queue();
                 queue.enqueue(ticket.clone());
-                queue.can_start(&ticket)
+                let startable = queue.can_start(&ticket);
+                if !startable {
+                    queue.hold(&ticket);
+                }
+                startable
             };
-            ctx.queue_changed.notify_one();
-            // Said only when the sweep must wait: one that starts at once says Running.
-            if !startable {
+            // Said only when the sweep must wait: one that starts at once says nothing until it
+            // has run (or has run for a while). The sweep starts only once this is written.
+            let written = if startable {
+                Ok(None)
+            } else {
                 let mut status = due.status;
                 let health = Health::working(
                     Reason::Queued,
@@ -67,8 +73,12 @@ pub async fn look(
                     mpc.metadata.generation,
                     Timestamp::now(),
                 );
-                ctx.writer.write(api, &due.mpc, &status).await?;
-            }
+                let written = ctx.writer.write(api, &due.mpc, &status).await;
+                ctx.queue().release(&ticket);
+                written
+            };
+            ctx.queue_changed.notify_one();
+            written?;
             Ok(Action::await_change())
         }
     }

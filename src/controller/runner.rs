@@ -95,7 +95,8 @@ struct Sweep<'a> {
     status: MultipartCleanupStatus,
     plan: Plan,
     started: Timestamp,
-    /// The Ready reason before this run, to tell a run that changed it from one more of the same.
+    /// The Ready reason the last run left, to tell a run that changed it from one more of the
+    /// same.
     previous: Option<Reason>,
 }
 
@@ -153,10 +154,19 @@ async fn start<'a>(
         .annotations()
         .get(crate::api::RUN_REQUESTED_ANNOTATION)
         .cloned();
-    let previous = mpc
-        .status
-        .as_ref()
-        .and_then(|s| conditions::ready_reason(&s.conditions));
+    // `Queued` (or the `Running` of a lost run) hides the reason the last run left; a last run
+    // without an error left `Succeeded`.
+    let previous =
+        mpc.status
+            .as_ref()
+            .and_then(|s| match conditions::ready_reason(&s.conditions) {
+                Some(Reason::Queued | Reason::Running) => s
+                    .last_run
+                    .as_ref()
+                    .filter(|run| run.error.is_none())
+                    .map(|_| Reason::Succeeded),
+                other => other,
+            });
     let running = Health::working(Reason::Running, format!("sweeping {}", plan.describe()));
     set_health(&mut status, &running, mpc.metadata.generation, started);
     Ok(Some(Sweep {

@@ -23,11 +23,25 @@ const MEASURE_EVERY: f64 = 0.5;
 /// ...and smoothed with this weight for the latest window.
 const MEASURE_WEIGHT: f64 = 0.8;
 
+/// Which cut of the rate a request was booked after. Requests booked before a cut still go out
+/// at the old pace, and their throttles say nothing about the new one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cuts(u64);
+
+/// A request's place in the pace: how long it waits before it is sent, and its [`Cuts`].
+#[derive(Debug, Clone, Copy)]
+pub struct Booking {
+    pub wait: f64,
+    pub after: Cuts,
+}
+
 /// The rate cap of one run.
 #[derive(Debug, Clone, Default)]
 pub struct Pacer {
     /// Requests a second allowed; `None` until the server first throttles.
     rate: Option<f64>,
+    /// Cuts so far: a throttle cuts only if its request was booked after the last cut.
+    cuts: Cuts,
     /// Requests that may be sent now; negative when sends are booked ahead of their time.
     tokens: f64,
     refilled_at: f64,
@@ -49,32 +63,40 @@ impl Pacer {
 
     /// A request is about to be sent at `now`: how long it must wait first (zero when unpaced).
     /// Each call books a send, so requests that wait together go out one after another.
-    pub fn on_send(&mut self, now: f64) -> f64 {
+    pub fn on_send(&mut self, now: f64) -> Booking {
         self.measure(now);
+        let after = self.cuts;
         let Some(rate) = self.rate else {
-            return 0.0;
+            return Booking { wait: 0.0, after };
         };
         let capacity = (rate * BURST_SECONDS).max(1.0);
         let elapsed = (now - self.refilled_at).max(0.0);
         self.tokens = (self.tokens + elapsed * rate).min(capacity);
         self.refilled_at = now;
         self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
+        let wait = if self.tokens >= 0.0 {
             0.0
         } else {
             -self.tokens / rate
-        }
+        };
+        Booking { wait, after }
     }
 
-    /// The server throttled at `now` (once per round trip: the caller filters the answers to
-    /// requests sent together, as for the concurrency limit).
-    pub fn on_throttle(&mut self, now: f64) {
+    /// The server throttled, at `now`, a request booked `after` some cuts. Only a request booked
+    /// after the last cut cuts again (TCP's once-per-round-trip rule): the throttles of requests
+    /// booked together cut once. Returns whether it cut.
+    pub fn on_throttle(&mut self, now: f64, after: Cuts) -> bool {
+        if after < self.cuts {
+            return false;
+        }
+        self.cuts = Cuts(self.cuts.0 + 1);
         self.measure(now);
         let sending = self.sending_rate(now).max(MIN_RATE);
         let from = self.rate.map_or(sending, |rate| rate.min(sending));
         self.throttled_rate = from;
         self.throttled_at = now;
         self.set_rate(from * BETA, now);
+        true
     }
 
     /// A request succeeded at `now`: the rate moves along the cubic, but never past twice what
@@ -135,8 +157,8 @@ mod tests {
         let (mut accepted, mut throttled) = (0u32, 0u32);
         while now < seconds {
             // Unpaced, the run sends every millisecond (a loopback server's answer time).
-            let wait = pacer.on_send(now);
-            now += wait.max(0.001);
+            let booking = pacer.on_send(now);
+            now += booking.wait.max(0.001);
             server_tokens = (server_tokens + (now - last) * allowed).min(allowed);
             last = now;
             let counted = now >= seconds - judged;
@@ -145,7 +167,7 @@ mod tests {
                 pacer.on_success(now);
                 accepted += u32::from(counted);
             } else {
-                pacer.on_throttle(now);
+                pacer.on_throttle(now, booking.after);
                 throttled += u32::from(counted);
             }
         }
@@ -156,7 +178,7 @@ mod tests {
     fn unthrottled_runs_are_not_paced() {
         let mut pacer = Pacer::default();
         for i in 0..10_000 {
-            assert_eq!(pacer.on_send(f64::from(i) * 1e-4), 0.0);
+            assert_eq!(pacer.on_send(f64::from(i) * 1e-4).wait, 0.0);
             pacer.on_success(f64::from(i) * 1e-4);
         }
         assert_eq!(pacer.rate(), None);
@@ -184,7 +206,7 @@ mod tests {
         for i in 0..100 {
             pacer.on_send(f64::from(i) * 0.001);
         }
-        pacer.on_throttle(0.1);
+        assert!(pacer.on_throttle(0.1, Cuts::default()));
         let rate = pacer.rate().unwrap();
         assert!((600.0..=800.0).contains(&rate), "{rate}");
     }
@@ -196,14 +218,34 @@ mod tests {
         for i in 0..200 {
             pacer.on_send(f64::from(i) * 0.01);
         }
-        pacer.on_throttle(2.0);
+        assert!(pacer.on_throttle(2.0, Cuts::default()));
         let rate = pacer.rate().unwrap();
         assert!((60.0..=80.0).contains(&rate), "{rate}");
         // Booked sends wait their turn: 1 / rate apart.
-        let waits: Vec<f64> = (0..5).map(|_| pacer.on_send(2.0)).collect();
+        let waits: Vec<f64> = (0..5).map(|_| pacer.on_send(2.0).wait).collect();
         for pair in waits.windows(2) {
             assert!((pair[1] - pair[0] - 1.0 / rate).abs() < 1e-9, "{waits:?}");
         }
+    }
+
+    #[test]
+    fn throttles_of_requests_booked_before_a_cut_cut_no_further() {
+        let mut pacer = Pacer::default();
+        for i in 0..100 {
+            pacer.on_send(f64::from(i) * 0.01);
+        }
+        let before = pacer.on_send(1.0).after;
+        assert!(pacer.on_throttle(1.0, before));
+        let cut = pacer.rate().unwrap();
+        // Twenty requests booked before the cut come back throttled: no further cut.
+        for _ in 0..20 {
+            assert!(!pacer.on_throttle(1.01, before));
+        }
+        assert_eq!(pacer.rate(), Some(cut));
+        // One booked after it does cut.
+        let after = pacer.on_send(1.02).after;
+        assert!(pacer.on_throttle(1.03, after));
+        assert!(pacer.rate().unwrap() < cut);
     }
 
     #[test]
@@ -212,11 +254,11 @@ mod tests {
         for i in 0..100 {
             pacer.on_send(f64::from(i) * 0.01);
         }
-        pacer.on_throttle(1.0);
+        pacer.on_throttle(1.0, Cuts::default());
         let cut = pacer.rate().unwrap();
         let mut now = 1.0;
         while now < 20.0 {
-            now += pacer.on_send(now).max(0.001);
+            now += pacer.on_send(now).wait.max(0.001);
             pacer.on_success(now);
         }
         assert!(

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::congestion::{Epoch, Limiter};
 use super::error::{RetryClass, S3Error};
-use super::pacing::Pacer;
+use super::pacing::{Cuts, Pacer};
 
 /// How failed requests are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl Requests {
     {
         let mut so_far = Attempts::default();
         loop {
-            self.wait_for_pace().await;
+            let booked = self.wait_for_pace().await;
             let sending = InFlight::count(&self.in_flight);
             let epoch = lock(&self.limit).on_send(sending.now);
             let sent_at = tokio::time::Instant::now();
@@ -148,7 +148,7 @@ impl Requests {
                 }
                 Err(error) => error,
             };
-            let retry = self.may_retry(lane, &error, epoch, &mut so_far);
+            let retry = self.may_retry(lane, &error, (epoch, booked), &mut so_far);
             let backoff = match retry {
                 Some(backoff) if !self.winding_down.is_cancelled() => backoff,
                 _ => {
@@ -175,7 +175,7 @@ impl Requests {
         &self,
         lane: Lane,
         error: &S3Error,
-        sent_in: Epoch,
+        (sent_in, booked): (Epoch, Cuts),
         so_far: &mut Attempts,
     ) -> Option<Duration> {
         let class = error.retry_class();
@@ -187,9 +187,9 @@ impl Requests {
             }
             RetryClass::Throttled => {
                 self.throttled.fetch_add(1, Ordering::Relaxed);
-                if lock(&self.limit).on_congestion(sent_in) {
-                    let mut pacer = lock(&self.pacer);
-                    pacer.on_throttle(self.seconds());
+                lock(&self.limit).on_congestion(sent_in);
+                let mut pacer = lock(&self.pacer);
+                if pacer.on_throttle(self.seconds(), booked) {
                     tracing::debug!(per_second = pacer.rate().map(f64::round), "paced");
                 }
                 so_far.throttles += 1;
@@ -213,14 +213,15 @@ impl Requests {
     /// Waits until the rate cap lets one more request go (at once while the server has not
     /// throttled). A run winding down sends what it has without waiting: its few remaining
     /// requests are bounded by the concurrency limit.
-    async fn wait_for_pace(&self) {
-        let wait = lock(&self.pacer).on_send(self.seconds());
-        if wait > 0.0 {
+    async fn wait_for_pace(&self) -> Cuts {
+        let booking = lock(&self.pacer).on_send(self.seconds());
+        if booking.wait > 0.0 {
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                () = tokio::time::sleep(Duration::from_secs_f64(booking.wait)) => {}
                 () = self.winding_down.cancelled() => {}
             }
         }
+        booking.after
     }
 
     fn seconds(&self) -> f64 {
