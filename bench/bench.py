@@ -18,6 +18,8 @@ import sys
 import time
 
 import benchlib as b
+import flight
+import latency_bench as lb
 import operator_bench
 import report
 import tools as t
@@ -30,11 +32,54 @@ def parse_summary(stdout: str):
         return None
 
 
+def run_record(phase, tool, inv, n, cap, m: b.Measured, check: b.Check, server_cpu) -> dict:
+    ok = check.correct and not m.capped and m.exit_code == 0
+    return {
+        "phase": phase,
+        "server": inv.server.name,
+        "n": n,
+        "fresh": check.fresh_total,
+        "tool": tool.name,
+        "concurrency": inv.concurrency,
+        "max_age_s": inv.max_age,
+        "cutoff": inv.cutoff_iso,
+        "wall_s": round(m.wall, 3),
+        "aborted": check.aborted,
+        "stale_left": check.stale_left,
+        "fresh_missing": check.fresh_missing,
+        "correct": ok,
+        "capped": m.capped,
+        "cap_s": round(cap, 1),
+        "exit_code": m.exit_code,
+        "peak_rss_kb": m.peak_rss_kb,
+        # CPU seconds of the tool and of the server during the run: on 2 cores they compete.
+        "tool_cpu_s": m.cpu_s,
+        "server_cpu_s": server_cpu,
+        "rate": round(check.aborted / m.wall, 2),
+        # An unfinished run's projection: its own measured pace, over the whole set.
+        "projected_s": round(m.wall * n / check.aborted, 1)
+        if check.aborted and check.stale_left
+        else None,
+        "summary": parse_summary(m.stdout) if tool.name.startswith("mpu-sweeper") else None,
+        "stderr_tail": "" if ok else m.stderr_tail,
+    }
+
+
+def log_run(run: dict) -> None:
+    b.log(
+        f"  -> {run['wall_s']:.1f} s, aborted {run['aborted']}/{run['n']} ({run['rate']}/s), stale"
+        f" left {run['stale_left']}, fresh missing {run['fresh_missing']}, exit {run['exit_code']},"
+        f" capped {run['capped']}, peak RSS {run['peak_rss_kb']} kB, CPU tool {run['tool_cpu_s']} s"
+        f" server {run['server_cpu_s']:.1f} s"
+    )
+
+
 class Bench:
     def __init__(self, cfg: b.Config, s3_env: dict[str, str], kube_env: dict[str, str] | None):
         self.cfg = cfg
         self.kube_env = kube_env
         self.servers = b.servers_from_env(s3_env)
+        self.routes = lb.Routes(cfg)
         self.results_path = cfg.results_dir / "results.json"
         config = dataclasses.asdict(cfg)
         config["skip"] = sorted(cfg.skip)
@@ -65,61 +110,48 @@ class Bench:
 
     # ----------------------------------------------------------------------------------------
 
-    def run_tool(self, phase: str, tool: t.Tool, ds: b.Dataset, bucket: str, concurrency=None) -> dict:
-        server = ds.server
-        inv = t.invocation(server, bucket, ds.cutoff, concurrency)
+    def cap_for(self, phase: str, tool: t.Tool, ds: b.Dataset, bucket: str) -> float:
         cap = self.cfg.loop_cap if tool.per_upload_process else self.cfg.cap
         if phase == "memory":
             cap = self.cfg.memory_cap
         if tool.kind == "duration" and ds.fresh.get(bucket):
             # Past this, the tool's sliding cutoff would reach the fresh uploads (SeaweedFS only).
             cap = min(cap, ds.cutoff.safe_duration())
+        return cap
+
+    def run_tool(
+        self, phase: str, tool: t.Tool, ds: b.Dataset, bucket: str, concurrency=None, route=None
+    ) -> dict:
+        """One measured run; `route` (latency_bench.Route) puts the fault proxy in between."""
+        server = ds.server
+        inv = t.invocation(route.server if route else server, bucket, ds.cutoff, concurrency)
+        cap = self.cap_for(phase, tool, ds, bucket)
         n = ds.size(bucket)
         log_path = b.WORK / "logs" / f"{phase}-{bucket}.log"
+        via = f" via proxy +{route.delay_ms} ms" if route else ""
+        if route and route.throttle:
+            via = f" via proxy, SlowDown above {route.throttle['per_second']:g}/s"
         b.log(
-            f"{server.label} N={n}: {tool.label}{f' c={concurrency}' if concurrency else ''}"
+            f"{server.label} N={n}: {tool.label}{f' c={concurrency}' if concurrency else ''}{via}"
             f" (cap {cap:.0f} s)"
         )
         b.settle(server)
+        offset = proxy_cpu = 0.0
+        if route:
+            route.proxy.reset()
+            offset, proxy_cpu = route.proxy.clock_offset(), route.proxy.cpu_seconds()
         server_cpu = b.cpu_seconds(server.processes)
-        m = b.run_measured(tool.build(inv), t.peer_env(server), cap, log_path)
+        m = b.run_measured(tool.build(inv), t.tool_env(tool, inv.server), cap, log_path)
         server_cpu = b.cpu_seconds(server.processes) - server_cpu
         check = b.check_bucket(b.client_for(server), bucket, ds.stale[bucket], ds.fresh[bucket])
-        ok = check.correct and not m.capped and m.exit_code == 0
-        run = {
-            "phase": phase,
-            "server": server.name,
-            "n": n,
-            "fresh": check.fresh_total,
-            "tool": tool.name,
-            "concurrency": concurrency,
-            "max_age_s": inv.max_age,
-            "cutoff": inv.cutoff_iso,
-            "wall_s": round(m.wall, 3),
-            "aborted": check.aborted,
-            "stale_left": check.stale_left,
-            "fresh_missing": check.fresh_missing,
-            "correct": ok,
-            "capped": m.capped,
-            "cap_s": round(cap, 1),
-            "exit_code": m.exit_code,
-            "peak_rss_kb": m.peak_rss_kb,
-            # CPU seconds of the tool and of the server during the run: on 2 cores they compete.
-            "tool_cpu_s": m.cpu_s,
-            "server_cpu_s": round(server_cpu, 2),
-            "rate": round(check.aborted / m.wall, 2),
-            # An unfinished run's projection: its own measured pace, over the whole set.
-            "projected_s": round(m.wall * n / check.aborted, 1)
-            if check.aborted and check.stale_left
-            else None,
-            "summary": parse_summary(m.stdout) if tool.name.startswith("mpu-sweeper") else None,
-            "stderr_tail": "" if ok else m.stderr_tail,
-        }
-        b.log(
-            f"  -> {m.wall:.1f} s, aborted {check.aborted}/{n} ({run['rate']}/s), stale left"
-            f" {check.stale_left}, fresh missing {check.fresh_missing}, exit {m.exit_code},"
-            f" capped {m.capped}, peak RSS {m.peak_rss_kb} kB, CPU tool {m.cpu_s} s server {server_cpu:.1f} s"
-        )
+        run = run_record(phase, tool, inv, n, cap, m, check, round(server_cpu, 2))
+        if route:
+            run.update(route.describe())
+            run.update(lb.proxy_figures(route, m, offset, proxy_cpu, f"{phase}-{bucket}"))
+        if tool.logs_limit:
+            run["limit"] = flight.limit_series(log_path, m.started_at)
+        log_run(run)
+        lb.log_figures(run)
         self.data["runs"].append(run)
         self.save()
         b.empty_and_delete_bucket(server, bucket)
@@ -127,15 +159,43 @@ class Bench:
 
     # ----------------------------------------------------------------------------------------
 
-    def compare_fill(self, server: b.Server, ns: list[int]):
-        """Buckets for every tool and N, filled at once; returns the data set and {bucket: (N, tool)}."""
-        buckets = {f"cmp-{server.name}-{n}-{tool}": (n, tool) for n in ns for tool in self.cfg.tools}
-        ds = self.fill(server, {k: n for k, (n, _) in buckets.items()}, self.cfg.parts)
-        return ds, buckets
+    def fill_jobs(self, server: b.Server, jobs: dict[str, lb.Job]) -> b.Dataset:
+        return self.fill(server, {bucket: job.n for bucket, job in jobs.items()}, self.cfg.parts)
 
-    def compare_runs(self, ds: b.Dataset, buckets: dict[str, tuple[int, str]]) -> None:
-        for bucket, (_, tool) in buckets.items():
-            self.run_tool("compare", t.TOOLS[tool], ds, bucket)
+    def run_jobs(self, ds: b.Dataset, jobs: dict[str, lb.Job]) -> None:
+        for bucket, job in jobs.items():
+            route = self.routes.route(ds.server, job.setting)
+            self.run_tool(job.phase, t.TOOLS[job.tool], ds, bucket, route=route)
+
+    def job_groups(self, server: str) -> list[dict[str, lb.Job]]:
+        """The buckets of the comparison, latency and throttling parts, a group per fill. Both
+        servers get the same groups in the same order; a group is at most 8 buckets (SeaweedFS
+        `weed mini` has a few dozen volume slots, a bucket takes one, and tests leave some)."""
+        skip, groups = self.cfg.skip, []
+        if "compare" not in skip:
+            groups += [lb.compare_jobs(self.cfg, server, [n]) for n in self.cfg.ns]
+        if "latency" not in skip:
+            groups += [g for n in self.cfg.delay_ns for g in lb.latency_jobs(self.cfg, server, n)]
+        if "throttle" not in skip:
+            groups.append(lb.throttle_jobs(self.cfg, server))
+        return [g for g in groups if g]
+
+    def run_groups(self, servers: list[str]) -> None:
+        """Group by group: SeaweedFS's stale uploads are created first and age while Ceph runs
+        the same group (its clock cannot be moved); its fresh ones come at least a cap later."""
+        ceph = self.job_groups("ceph") if "ceph" in servers else []
+        seaweed = self.job_groups("seaweedfs") if "seaweedfs" in servers else []
+        for i in range(max(len(ceph), len(seaweed))):
+            aging = None
+            if i < len(seaweed):
+                aging = (self.fill_jobs(self.servers["seaweedfs"], seaweed[i]), seaweed[i])
+            if i < len(ceph):
+                ds = self.fill_jobs(self.servers["ceph"], ceph[i])
+                self.fill_fresh(ds, 0)
+                self.run_jobs(ds, ceph[i])
+            if aging:
+                self.fill_fresh(aging[0], self.cfg.cap + 15)
+                self.run_jobs(*aging)
 
     def curve(self) -> None:
         """mpu-sweeper at each concurrency, without and with verification, on Ceph."""
@@ -188,36 +248,27 @@ class Bench:
         skip = self.cfg.skip
         servers = [s for s in self.cfg.servers if s in self.servers]
         try:
-            seaweed = None
-            if "compare" not in skip and "seaweedfs" in servers:
-                # SeaweedFS's clock cannot be moved: its stale uploads are created first and age
-                # while Ceph is measured; the fresh ones come later, at least a cap later.
-                seaweed = self.compare_fill(self.servers["seaweedfs"], self.cfg.ns)
-            if "compare" not in skip and "ceph" in servers:
-                # One N at a time: the aged gateway's clock is moved for a shorter while.
-                for n in self.cfg.ns:
-                    ds, buckets = self.compare_fill(self.servers["ceph"], [n])
-                    self.fill_fresh(ds, 0)
-                    self.compare_runs(ds, buckets)
+            self.run_groups(servers)
+            self.routes.close()
             if "curve" not in skip and "ceph" in servers:
                 self.curve()
-            if seaweed:
-                ds, buckets = seaweed
-                self.fill_fresh(ds, self.cfg.cap + 15)
-                self.compare_runs(ds, buckets)
             if "memory" not in skip:
                 self.memory()
             if "operator" not in skip:
-                if self.kube_env is None:
-                    b.log("no Kubernetes bed environment given: operator part skipped")
-                else:
-                    self.data["operator"] = operator_bench.run(
-                        self.cfg, self.servers["ceph"], self.kube_env, self.save_operator
-                    )
+                self.operator()
         finally:
+            self.routes.close()
             self.data["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.data["meta"]["uptime_end"] = b.uptime()
             self.save()
+
+    def operator(self) -> None:
+        if self.kube_env is None:
+            b.log("no Kubernetes bed environment given: operator part skipped")
+            return
+        self.data["operator"] = operator_bench.run(
+            self.cfg, self.servers["ceph"], self.kube_env, self.save_operator
+        )
 
     def save_operator(self, result: dict) -> None:
         self.data["operator"] = result
@@ -230,6 +281,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     s3_env = b.read_env_file(sys.argv[1])
     kube_env = b.read_env_file(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None
+    b.freeze_binaries()
     Bench(b.Config.from_env(), s3_env, kube_env).run()
 
 

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,10 +33,25 @@ REPO = BENCH_DIR.parent
 CACHE = Path(os.environ.get("MPU_CACHE_DIR", Path.home() / ".cache" / "mpu-sweeper"))
 VENV = CACHE / "bench-venv"
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
-MPU_SWEEPER = TARGET_DIR / "release" / "mpu-sweeper"
 WORK = Path(os.environ.get("BENCH_WORK_DIR", "/tmp/mpu-sweeper-bench"))
+# The binaries under test are copied here when the run starts (freeze_binaries): a build into the
+# shared target directory while the bench runs must not change what it measures halfway.
+BUILT = {
+    "mpu-sweeper": TARGET_DIR / "release" / "mpu-sweeper",
+    "fault_proxy": TARGET_DIR / "release" / "examples" / "fault_proxy",
+}
+MPU_SWEEPER = WORK / "bin" / "mpu-sweeper"
+FAULT_PROXY = WORK / "bin" / "fault_proxy"
 
 DAY = 86400
+
+
+def freeze_binaries() -> None:
+    for name, built in BUILT.items():
+        if not built.exists():
+            raise RuntimeError(f"{built} is missing: cargo build --release --bins --example fault_proxy")
+        (WORK / "bin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, WORK / "bin" / name)
 
 
 def log(msg: str) -> None:
@@ -68,8 +84,22 @@ class Config:
     curve_levels: list[int]
     memory_ns: list[int]
     memory_server: str
+    delay_ns: list[int]
+    delays: list[str]
+    delay_tools: list[str]
+    throttle_rate: float
+    throttle_n: int
+    throttle_delay: int
+    throttle_ops: list[str]
+    throttle_tools: list[str]
     operator_resources: int
+    operator_namespaces: int
+    operator_buckets: int
     operator_stale_each: int
+    operator_interval_s: int
+    operator_steady_s: int
+    operator_baseline_s: int
+    operator_args: list[str]
     parts: int
     memory_parts: int
     part_bytes: int
@@ -98,8 +128,25 @@ class Config:
             curve_levels=_ints("BENCH_CURVE_LEVELS", "1 2 4 8 16 32 64 128"),
             memory_ns=_ints("BENCH_MEMORY_N", "1000 10000 100000"),
             memory_server=os.environ.get("BENCH_MEMORY_SERVER", "auto"),
-            operator_resources=int(os.environ.get("BENCH_OPERATOR_RESOURCES", "500")),
+            # Round-trip time: every tool through the fault proxy, "direct" meaning without it.
+            delay_ns=_ints("BENCH_DELAY_N", "2000"),
+            delays=_words("BENCH_DELAYS", "direct 0 10 40"),
+            delay_tools=_words("BENCH_DELAY_TOOLS", "mpu-sweeper mpu-sweeper-no-verify boto3 rclone"),
+            # A server that answers 503 SlowDown above a request rate.
+            throttle_rate=float(os.environ.get("BENCH_THROTTLE_RATE", "100")),
+            throttle_n=int(os.environ.get("BENCH_THROTTLE_N", "4000")),
+            throttle_delay=int(os.environ.get("BENCH_THROTTLE_DELAY", "0")),
+            throttle_ops=_words("BENCH_THROTTLE_OPS", "AbortMultipartUpload"),
+            throttle_tools=_words("BENCH_THROTTLE_TOOLS", "mpu-sweeper mpu-sweeper-no-verify"),
+            operator_resources=int(os.environ.get("BENCH_OPERATOR_RESOURCES", "5000")),
+            operator_namespaces=int(os.environ.get("BENCH_OPERATOR_NAMESPACES", "100")),
+            # Resources share a few buckets (each its own prefix): Ceph limits buckets per user.
+            operator_buckets=int(os.environ.get("BENCH_OPERATOR_BUCKETS", "10")),
             operator_stale_each=int(os.environ.get("BENCH_OPERATOR_STALE_EACH", "4")),
+            operator_interval_s=int(os.environ.get("BENCH_OPERATOR_INTERVAL_S", "120")),
+            operator_steady_s=int(os.environ.get("BENCH_OPERATOR_STEADY_S", "120")),
+            operator_baseline_s=int(os.environ.get("BENCH_OPERATOR_BASELINE_S", "30")),
+            operator_args=_words("BENCH_OPERATOR_ARGS", ""),
             parts=int(os.environ.get("BENCH_PARTS", "1")),
             memory_parts=int(os.environ.get("BENCH_MEMORY_PARTS", "0")),
             part_bytes=int(os.environ.get("BENCH_PART_BYTES", "1024")),
@@ -135,6 +182,8 @@ class Server:
     processes: str = "$^"
     # Run (untimed) before each measured run so that every tool meets the server in one state.
     settle: list[str] | None = None
+    # "direct", or the name of what sits between the tools and the server ("proxy").
+    route: str = "direct"
 
     @property
     def can_age(self) -> bool:
@@ -585,6 +634,7 @@ def empty_and_delete_bucket(server: Server, bucket: str, threads: int = 32) -> N
 
 @dataclasses.dataclass
 class Measured:
+    started_at: float  # epoch seconds when the tool was started
     wall: float
     exit_code: int | None
     capped: bool
@@ -656,6 +706,7 @@ def run_measured(cmd: list[str], env: dict[str, str], cap: float, log_path: Path
     full = ["/usr/bin/time", "-v", "-o", str(time_file), *cmd]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as err:
+        started_at = time.time()
         start = time.monotonic()
         proc = subprocess.Popen(
             full,
@@ -694,6 +745,7 @@ def run_measured(cmd: list[str], env: dict[str, str], cap: float, log_path: Path
             cpu = round(float(times[0]) + float(times[1]), 2)
     lines = log_path.read_text(errors="replace").splitlines()
     return Measured(
+        started_at=started_at,
         wall=wall,
         exit_code=None if capped else proc.returncode,
         capped=capped,
@@ -702,6 +754,12 @@ def run_measured(cmd: list[str], env: dict[str, str], cap: float, log_path: Path
         stdout=out.decode(errors="replace"),
         stderr_tail="\n".join(lines[-5:]),
     )
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pattern: str) -> float:

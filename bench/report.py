@@ -13,14 +13,18 @@ import sys
 from pathlib import Path
 
 import benchlib as b
+import report_latency
+import report_operator
 import tools as t
 
 TARGET_SPEEDUP = {"boto3": 3, "rclone": 3, "awscli": 50, "s3cmd": 50}
 CEILING_TARGET = 0.85
 RSS_TARGET_MB = 30
 RSS_FLAT = 0.15
-OPERATOR_READY_S = 60
-OPERATOR_RSS_MB = 80
+# mpu-sweeper (defaults) on loopback in the committed run before issue 14 (2026-11-23, 27ad7b0):
+# issue 14 asks that the defaults stay within 10% of it.
+LOOPBACK_BEFORE = {("ceph", 2000): 404.64, ("ceph", 20000): 227.47, ("seaweedfs", 2000): 824.29, ("seaweedfs", 20000): 756.98}
+LOOPBACK_KEEP = 0.90
 
 
 def mib(kb) -> str:
@@ -98,8 +102,13 @@ def ceiling(runs, server):
 def write(results_dir: Path, data: dict) -> None:
     md = render(data)
     (results_dir / "results.md").write_text(md)
-    chart(results_dir / "throughput.png", data)
-    b.log(f"wrote {results_dir / 'results.md'} and {results_dir / 'throughput.png'}")
+    written = ["results.md"]
+    if chart(results_dir / "throughput.png", data):
+        written.append("throughput.png")
+    written += report_latency.charts(results_dir, data["runs"])
+    if report_operator.chart(results_dir / "operator.png", data.get("operator")):
+        written.append("operator.png")
+    b.log(f"wrote {', '.join(written)} in {results_dir}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,28 +237,12 @@ def render(data: dict) -> str:
         out += ["", f"(stale uploads here have {cfg['memory_parts']} parts; memory follows the"
                 " listing page and the aborts in flight, not the parts)", ""]
 
+    out += report_latency.render(runs)
     op = data.get("operator")
-    if op:
-        out += [
-            "## The operator",
-            "",
-            f"{op['resources']} `MultipartCleanup` resources created at once (one `kubectl create`"
-            f" of a List) in one namespace, each sweeping its own prefix of one {server_label(op['server'])}"
-            f" bucket that holds {op['stale_each']} stale uploads and 1 fresh one; the controller"
-            " runs as a process with default settings (8 sweeps at once). Ready means"
-            " `Ready=True` with a last run that found 5 uploads and aborted the 4 stale ones.",
-            "",
-            "| resources | create (s) | all Ready with counts (s) | Ready | RSS before (MiB) |"
-            " RSS after (MiB) | peak RSS (MiB) | bucket correct |",
-            "|---:|---:|---:|---:|---:|---:|---:|---|",
-            f"| {op['resources']} | {op.get('create_s', '–')} | {op.get('ready_s') or 'not all'}"
-            f" | {op.get('ready_count', 0)} / {op['resources']} | {mib(op.get('rss_before_kb'))}"
-            f" | {mib(op.get('rss_after_kb'))} | {mib(op.get('rss_peak_kb'))}"
-            f" | {'yes' if op.get('correct') else 'no'} |",
-            "",
-        ]
+    out += report_operator.render(op)
 
-    out += targets(data, groups, ceil, mem, op)
+    out += targets(data, groups, ceil, mem)
+    out += issue14_targets(data, groups, op)
     out += ["## Versions", "", "| component | version |", "|---|---|"]
     for k, v in meta.get("versions", {}).items():
         out.append(f"| {k} | {v.replace('|', '/')} |")
@@ -257,7 +250,7 @@ def render(data: dict) -> str:
     return "\n".join(out)
 
 
-def targets(data, groups, ceil, mem, op) -> list[str]:
+def targets(data, groups, ceil, mem) -> list[str]:
     rows = []
     ceph = {n: g for (s, n), g in groups.items() if s == "ceph"}
     if ceph:
@@ -325,27 +318,38 @@ def targets(data, groups, ceil, mem, op) -> list[str]:
                         grow <= RSS_FLAT and big["correct"],
                     )
                 )
-    if op:
-        rows.append(
-            (
-                f"{op['resources']} resources all Ready within {OPERATOR_READY_S} s",
-                f"{op['ready_s']} s" if op.get("ready_s") else f"{op.get('ready_count')} Ready at the limit",
-                bool(op.get("ready_s")) and op["ready_s"] <= OPERATOR_READY_S and op.get("correct"),
-            )
-        )
-        if op.get("rss_peak_kb"):
-            rows.append(
-                (
-                    f"controller RSS ≤ {OPERATOR_RSS_MB} MB",
-                    f"after {mb(op['rss_after_kb']):.1f} MB, peak {mb(op['rss_peak_kb']):.1f} MB",
-                    mb(op["rss_peak_kb"]) <= OPERATOR_RSS_MB,
-                )
-            )
     if not rows:
         return []
-    out = ["## Targets (issue 5), measured in this run", "", "| target | measured | met |", "|---|---|---|"]
+    return target_table("Targets (issue 5), measured in this run", rows)
+
+
+def target_table(title: str, rows) -> list[str]:
+    if not rows:
+        return []
+    out = [f"## {title}", "", "| target | measured | met |", "|---|---|---|"]
     out += [f"| {a} | {m} | {'**yes**' if ok else '**no**'} |" for a, m, ok in rows]
     return out + [""]
+
+
+def loopback_targets(groups) -> list[tuple[str, str, bool]]:
+    rows = []
+    for (server, n), group in sorted(groups.items()):
+        mpu, before = find(group, "mpu-sweeper"), LOOPBACK_BEFORE.get((server, n))
+        if mpu and before:
+            share = mpu["rate"] / before
+            rows.append((
+                f"loopback, defaults within {1 - LOOPBACK_KEEP:.0%} of the rate before ({before:.0f}/s),"
+                f" {server_label(server)}, N = {n:,}",
+                f"{mpu['rate']:.0f}/s ({share:.0%})",
+                share >= LOOPBACK_KEEP and mpu["correct"],
+            ))  # fmt: skip
+    return rows
+
+
+def issue14_targets(data, groups, op) -> list[str]:
+    rows = report_latency.targets(data["runs"]) + loopback_targets(groups)
+    rows += report_operator.targets(op)
+    return target_table("Targets (issue 14), measured in this run", rows)
 
 
 def server_label(name: str) -> str:
@@ -355,7 +359,7 @@ def server_label(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def chart(path: Path, data: dict) -> None:
+def chart(path: Path, data: dict) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -368,7 +372,7 @@ def chart(path: Path, data: dict) -> None:
     mem = [r for r in runs if r["phase"] == "memory"]
     panels = [p for p in ("compare", "curve", "memory") if {"compare": groups, "curve": curve, "memory": mem}[p]]
     if not panels:
-        return
+        return False
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 6.5), squeeze=False)
     axes = axes[0]
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -427,6 +431,7 @@ def chart(path: Path, data: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

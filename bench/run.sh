@@ -3,8 +3,9 @@
 # S3 and Kubernetes test beds, then runs bench/bench.py. Knobs: see bench/README.md.
 #
 # Everything it installs goes to caches outside the repository: ~/.cache/mpu-sweeper/bench-venv
-# (awscli, boto3, matplotlib from PyPI), Debian packages (s3cmd, rclone, time), and the release
-# build in $CARGO_TARGET_DIR (default ~/.cache/mpu-sweeper/target).
+# (awscli, boto3, matplotlib from PyPI, pinned below), Debian packages (s3cmd, rclone, time), and
+# the release build (mpu-sweeper and the fault proxy) in $CARGO_TARGET_DIR (default
+# ~/.cache/mpu-sweeper/target).
 #
 # It never moves the clock of the bed's shared aged gateway (it starts a radosgw of its own for
 # that), so it can run beside hack/test.sh; the timings are then those of a busy machine.
@@ -24,24 +25,33 @@ LOG_TAG=bench
 
 skipping() { [[ " ${BENCH_SKIP:-} " == *" $1 "* ]]; }
 
+# The peers' versions, pinned: a rerun compares against the same aws-cli and boto3. (s3cmd and
+# rclone come from Debian bookworm, whose stable versions do not move: 2.3.0 and 1.60.1; the
+# results record both.)
+PIP_PINS=(awscli==1.46.3 boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 matplotlib==3.11.2)
+
 install() {
   local missing=()
   command -v s3cmd >/dev/null || missing+=(s3cmd)
   command -v rclone >/dev/null || missing+=(rclone)
   [ -x /usr/bin/time ] || missing+=(time)
   apt_install "${missing[@]}"
-  if [ ! -x "$VENV/bin/aws" ] || ! "$VENV/bin/python" -c 'import boto3, matplotlib' 2>/dev/null; then
-    log "installing awscli, boto3, matplotlib into $VENV"
+  # The stamp holds the pins the venv was made with; other pins make it anew.
+  if [ ! -x "$VENV/bin/aws" ] || [ "$(cat "$VENV/pins" 2>/dev/null)" != "${PIP_PINS[*]}" ]; then
+    log "installing ${PIP_PINS[*]} into $VENV"
     mkdir -p "$CACHE_DIR"
+    rm -rf "$VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check awscli boto3 matplotlib
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PINS[@]}"
+    echo "${PIP_PINS[*]}" >"$VENV/pins"
   fi
 }
 
 build() {
-  # cargo is incremental: a no-op when the binary is up to date with the tree.
-  log "building mpu-sweeper (release) into $CARGO_TARGET_DIR"
-  cargo build --release --locked --quiet
+  # cargo is incremental: a no-op when the binaries are up to date with the tree. The fault
+  # proxy (examples/fault_proxy.rs) adds round trips and throttling in front of the servers.
+  log "building mpu-sweeper and the fault proxy (release) into $CARGO_TARGET_DIR"
+  cargo build --release --locked --quiet --bins --example fault_proxy
 }
 
 wait_for_apiserver_build() {
@@ -58,9 +68,9 @@ wait_for_apiserver_build() {
 s3_bed_answers() {
   local f=$1 url
   [ -f "$f" ] || return 1
-  for url in $(sed -n 's/^MPU_TEST_\(CEPH\|SEAWEEDFS\)_ENDPOINT=//p' "$f"); do
+  while read -r url; do
     curl -s -o /dev/null --max-time 3 "$url" || return 1
-  done
+  done < <(sed -n 's/^MPU_TEST_\(CEPH\|SEAWEEDFS\)_ENDPOINT=//p' "$f")
 }
 
 install

@@ -8,6 +8,8 @@ get `cutoff_iso`; tools that take an age (rclone, mpu-sweeper) get `max_age` in 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +28,8 @@ class Tool:
     build: Callable[["Invocation"], list[str]]
     # Peers that spawn a process per upload: expected to hit the time cap at large N.
     per_upload_process: bool = False
+    # mpu-sweeper: its log (JSON on stderr) says which concurrency limit the sweep is at.
+    logs_limit: bool = False
 
 
 @dataclasses.dataclass
@@ -54,6 +58,7 @@ def mpu_sweeper_cmd(inv: Invocation, verify: bool) -> list[str]:
         "--addressing-style", "path",
         "--output", "json",
         "--quiet",
+        "--log-format", "json",
     ]  # fmt: skip
     if not verify:
         cmd.append("--no-verify")
@@ -63,7 +68,7 @@ def mpu_sweeper_cmd(inv: Invocation, verify: bool) -> list[str]:
 
 
 def config_dir(server: b.Server) -> Path:
-    return b.WORK / "config" / server.name
+    return b.WORK / "config" / server.name / server.route
 
 
 def write_configs(server: b.Server) -> None:
@@ -97,6 +102,18 @@ def peer_env(server: b.Server) -> dict[str, str]:
     return env
 
 
+# mpu-sweeper's usual logs, plus the sweep engine's debug lines: one "concurrency round" line
+# per round of answers (a few hundred per run), nothing per request.
+LIMIT_LOG = "warn,mpu_sweeper=info,mpu_sweeper::sweep=debug"
+
+
+def tool_env(tool: Tool, server: b.Server) -> dict[str, str]:
+    env = peer_env(server)
+    if tool.logs_limit:
+        env["RUST_LOG"] = LIMIT_LOG
+    return env
+
+
 def _awscli(inv: Invocation) -> list[str]:
     return ["bash", str(PEERS / "awscli_sweep.sh"), inv.server.endpoint, inv.bucket, inv.cutoff_iso]
 
@@ -124,12 +141,19 @@ def _rclone(inv: Invocation) -> list[str]:
 TOOLS: dict[str, Tool] = {
     t.name: t
     for t in [
-        Tool("mpu-sweeper", "mpu-sweeper (defaults)", "duration", lambda i: mpu_sweeper_cmd(i, True)),
+        Tool(
+            "mpu-sweeper",
+            "mpu-sweeper (defaults)",
+            "duration",
+            lambda i: mpu_sweeper_cmd(i, True),
+            logs_limit=True,
+        ),
         Tool(
             "mpu-sweeper-no-verify",
             "mpu-sweeper --no-verify",
             "duration",
             lambda i: mpu_sweeper_cmd(i, False),
+            logs_limit=True,
         ),
         Tool("boto3", "boto3 paginator + abort loop", "absolute", _boto3),
         Tool("rclone", "rclone backend cleanup", "duration", _rclone),
@@ -139,17 +163,37 @@ TOOLS: dict[str, Tool] = {
 }
 
 
+def deb_version(package: str) -> str:
+    return b.cmd_output(["dpkg-query", "-W", "-f", "${Version}", package])
+
+
+def pip_pins() -> str:
+    frozen = b.cmd_output([str(b.VENV / "bin" / "python"), "-m", "pip", "freeze"]).splitlines()
+    wanted = ("awscli==", "boto3==", "botocore==", "s3transfer==", "matplotlib==")
+    return ", ".join(line for line in frozen if line.lower().startswith(wanted))
+
+
+def source_state() -> str:
+    """The commit, and a digest of uncommitted changes under src/ (runs of a tree mid-edit)."""
+    described = b.cmd_output(["git", "-C", str(b.REPO), "describe", "--always", "--dirty"])
+    diff = subprocess.run(
+        ["git", "-C", str(b.REPO), "diff", "HEAD", "--", "src", "Cargo.lock"],
+        capture_output=True,
+    ).stdout
+    return f"{described} (src diff sha256 {hashlib.sha256(diff).hexdigest()[:12]})" if diff else described
+
+
 def versions(server_env: dict[str, str]) -> dict[str, str]:
     vpy = str(b.VENV / "bin" / "python")
     return {
         "mpu-sweeper": b.first_line(b.cmd_output([str(b.MPU_SWEEPER), "--version"])),
-        "mpu-sweeper git": b.cmd_output(
-            ["git", "-C", str(b.REPO), "describe", "--always", "--dirty"]
-        ),
+        "mpu-sweeper git": source_state(),
+        "mpu-sweeper binary sha256": hashlib.sha256(b.MPU_SWEEPER.read_bytes()).hexdigest()[:16],
         "aws-cli": b.first_line(b.cmd_output([str(b.VENV / "bin" / "aws"), "--version"], server_env)),
         "boto3": b.cmd_output([vpy, "-c", "import boto3,botocore;print('boto3', boto3.__version__, 'botocore', botocore.__version__)"]),
-        "s3cmd": b.first_line(b.cmd_output(["s3cmd", "--version"])),
-        "rclone": b.first_line(b.cmd_output(["rclone", "version"])),
+        "s3cmd": f"{b.first_line(b.cmd_output(['s3cmd', '--version']))} (Debian {deb_version('s3cmd')})",
+        "rclone": f"{b.first_line(b.cmd_output(['rclone', 'version']))} (Debian {deb_version('rclone')})",
+        "pip (pinned in run.sh)": pip_pins(),
         "python": b.first_line(b.cmd_output([vpy, "--version"])),
         "Ceph RGW": b.first_line(b.cmd_output(["radosgw", "--version"])),
         "SeaweedFS": b.first_line(
