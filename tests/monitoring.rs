@@ -6,19 +6,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
 use common::cluster::*;
-use common::fault_proxy::{Action, FaultProxy, Op, Rule};
+use common::prometheus::{
+    Prometheus, ThreeResources, alerts, expr, hand_lease_to_ghost, names, url_encode, write_rules,
+};
 use common::*;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use mpu_sweeper::api::MultipartCleanup;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -108,27 +106,8 @@ fn run(program: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
 
-fn helm_output(tools: &Tools, args: &[&str]) -> Output {
-    // Helm keeps its caches and repository config here; the tests need none of the user's.
-    let home = std::env::temp_dir().join("mpu-sweeper-helm-home");
-    Command::new(&tools.helm)
-        .args(args)
-        .stdin(Stdio::null())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("run helm")
-}
-
 fn helm(tools: &Tools, args: &[&str]) -> String {
-    let output = helm_output(tools, args);
-    assert!(
-        output.status.success(),
-        "helm {args:?} failed: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout)
+    helm_stdout(&tools.helm, None, args)
 }
 
 fn template_args<'a>(values: &[&'a str]) -> Vec<&'a str> {
@@ -172,33 +151,6 @@ fn rules_of(docs: &[Value]) -> Value {
     let rule = only(docs, "PrometheusRule");
     assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
     rule["spec"].clone()
-}
-
-/// The alerting rules by name.
-fn alerts(rules: &Value) -> BTreeMap<String, Value> {
-    rules["groups"]
-        .as_array()
-        .expect("groups")
-        .iter()
-        .flat_map(|group| group["rules"].as_array().expect("rules").iter())
-        .map(|rule| {
-            (
-                rule["alert"].as_str().expect("alert").to_owned(),
-                rule.clone(),
-            )
-        })
-        .collect()
-}
-
-fn expr<'a>(alerts: &'a BTreeMap<String, Value>, name: &str) -> &'a str {
-    alerts[name]["expr"].as_str().expect("expr")
-}
-
-/// Writes `rules` as `mpu-sweeper-rules.yaml` (the name the unit tests load) into `dir`.
-fn write_rules(dir: &Path, rules: &Value) -> PathBuf {
-    let path = dir.join("mpu-sweeper-rules.yaml");
-    std::fs::write(&path, serde_yaml::to_string(rules).unwrap()).unwrap();
-    path
 }
 
 fn promtool(tools: &Tools, args: &[&str]) -> String {
@@ -477,7 +429,8 @@ fn the_schema_refuses_bad_monitoring_values() {
         ),
     ] {
         let output = helm_output(
-            &tools,
+            &tools.helm,
+            None,
             &template_args(&["--set", "prometheusRule.enabled=true", "--set-json", value]),
         );
         assert!(!output.status.success(), "{value} was accepted");
@@ -583,173 +536,18 @@ fn the_dashboard_config_map_carries_the_dashboard() {
     }
 }
 
-/// A Prometheus server run by the test on 127.0.0.1: its own config and storage in a temporary
-/// directory, killed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Starts Prometheus with `rules` loaded, scraping the controllers on `targets` every second.
-    fn start(binary: &Path, rules: &Value, targets: &[u16]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        write_rules(dir.path(), rules);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let mut command = Command::new(binary);
-        command
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--web.enable-lifecycle")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // Debian's package keeps the web UI's files beside the binary's tree.
-        if let Some(usr) = binary.parent().and_then(Path::parent) {
-            command.arg(format!(
-                "--web.local-assets={}",
-                usr.join("share/prometheus/web").display()
-            ));
-        }
-        Self::write_config(dir.path(), targets);
-        let child = command.spawn().expect("start prometheus");
-        Self { child, port, dir }
-    }
-
-    fn write_config(dir: &Path, targets: &[u16]) {
-        let targets: Vec<String> = targets
-            .iter()
-            .map(|port| format!("127.0.0.1:{port}"))
-            .collect();
-        // honor_labels as the chart's ServiceMonitor: the metrics' `namespace` label is the
-        // resource's.
-        let config = json!({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": ["mpu-sweeper-rules.yaml"],
-            "scrape_configs": [{
-                "job_name": "mpu-sweeper",
-                "honor_labels": true,
-                "static_configs": [{"targets": targets}],
-            }],
-        });
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            serde_yaml::to_string(&config).unwrap(),
-        )
-        .unwrap();
-    }
-
-    /// Scrapes `targets` from now on (the configuration is reloaded).
-    fn set_targets(&self, targets: &[u16]) {
-        Self::write_config(self.dir.path(), targets);
-        let (code, body) = self.http("POST", "/-/reload", "").expect("reload");
-        assert_eq!(code, 200, "reload: {body}\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// One HTTP/1.0 request: (status code, body); `None` when it cannot connect.
-    fn http(&self, method: &str, path: &str, form: &str) -> Option<(u16, String)> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .ok()?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((code, body))
-    }
-
-    /// GET an API path; its `data`.
-    fn api(&self, path: &str) -> Value {
-        let (code, body) = self.http("GET", path, "").expect("Prometheus answers");
-        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        assert!(
-            code == 200 && answer["status"] == "success",
-            "GET {path}: {code} {body}"
-        );
-        answer["data"].clone()
-    }
-
-    /// Evaluates `expr` now (the query endpoint): the samples, as (labels, value).
-    fn query(&self, expr: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let (code, body) = self
-            .http(
-                "POST",
-                "/api/v1/query",
-                &format!("query={}", url_encode(expr)),
-            )
-            .expect("Prometheus answers");
-        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        assert!(
-            code == 200 && answer["status"] == "success",
-            "query {expr}: {code} {body}"
-        );
-        answer["data"]["result"]
-            .as_array()
-            .expect("an instant vector")
-            .iter()
-            .map(|sample| {
-                let labels = sample["metric"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                    .collect();
-                let value = sample["value"][1].as_str().unwrap().parse().unwrap();
-                (labels, value)
-            })
-            .collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// The `name` labels of the samples.
-fn names(samples: &[(BTreeMap<String, String>, f64)]) -> BTreeSet<String> {
-    samples
+/// A scrape config for the controllers listening on `ports` of 127.0.0.1, with honor_labels as
+/// the chart's ServiceMonitor: the metrics' `namespace` label is the resource's.
+fn static_targets(ports: &[u16]) -> Value {
+    let targets: Vec<String> = ports
         .iter()
-        .map(|(labels, _)| labels.get("name").cloned().unwrap_or_default())
-        .collect()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    json!([{
+        "job_name": "mpu-sweeper",
+        "honor_labels": true,
+        "static_configs": [{"targets": targets}],
+    }])
 }
 
 /// Lets the controller's ServiceAccount hold a Lease in `namespace`: the shipped RBAC allows only
@@ -773,25 +571,8 @@ async fn a_real_prometheus_scrapes_the_controller_and_the_alerts_see_its_series(
     };
     // Three resources: one that succeeds, one whose bucket does not exist (its runs fail), one
     // whose aborts the server refuses (the fault proxy answers AccessDenied).
-    let s3 = ceph.client().await;
-    let good_bucket = create_bucket(&s3, "mon-good").await;
-    let denied_bucket = create_bucket(&s3, "mon-denied").await;
-    create_uploads(&s3, &good_bucket, &keys("old/", 3)).await;
-    create_uploads(&s3, &denied_bucket, &keys("old/", 2)).await;
-    let proxy = FaultProxy::start(&ceph.endpoint)
-        .await
-        .expect("fault proxy");
-    proxy.add_rule(
-        Rule::on(Op::AbortMultipartUpload)
-            .bucket(denied_bucket.clone())
-            .then(Action::error(403, "AccessDenied", "Access Denied")),
-    );
-    let through_proxy = Server {
-        endpoint: proxy.endpoint(),
-        ..ceph.clone()
-    };
-    tokio::time::sleep(AGE_WAIT).await;
-
+    let resources =
+        ThreeResources::prepare(&ceph, "mon", std::net::Ipv4Addr::LOCALHOST.into()).await;
     let namespace = namespace_with_credentials(&kube.client, "monitoring", &ceph).await;
     allow_leases(&kube, &namespace);
     let replica = |identity: &str| {
@@ -813,22 +594,7 @@ async fn a_real_prometheus_scrapes_the_controller_and_the_alerts_see_its_series(
         )
     };
     let mut first = replica("monitoring-a");
-    let client = &kube.client;
-    create_cleanup(client, &namespace, "good", &ceph, &good_bucket, json!({})).await;
-    let missing = bucket_name("mon-missing");
-    create_cleanup(client, &namespace, "broken", &ceph, &missing, json!({})).await;
-    create_cleanup(
-        client,
-        &namespace,
-        "denied",
-        &through_proxy,
-        &denied_bucket,
-        json!({}),
-    )
-    .await;
-    wait_for_reason(client, &namespace, "good", "Succeeded").await;
-    wait_for_reason(client, &namespace, "broken", "BucketNotFound").await;
-    wait_for_reason(client, &namespace, "denied", "AbortsFailed").await;
+    resources.create(&kube.client, &namespace, &ceph).await;
 
     // The rules and the dashboard name only metrics a real controller exposes.
     let exposition = first.get("/metrics").expect("/metrics").1;
@@ -855,110 +621,33 @@ async fn a_real_prometheus_scrapes_the_controller_and_the_alerts_see_its_series(
         }
     }
 
-    let prometheus = Prometheus::start(&tools.prometheus, &rules, &[first.http_port]);
-    eventually("Prometheus to be ready", WAIT, || async {
-        (prometheus.http("GET", "/-/ready", "").map(|r| r.0) == Some(200)).then_some(())
-    })
-    .await;
+    let prometheus = Prometheus::start(
+        &tools.prometheus,
+        &rules,
+        static_targets(&[first.http_port]),
+    );
+    prometheus.wait_until_ready(WAIT).await;
     eventually("Prometheus to scrape the leader", WAIT, || async {
         let leader = prometheus.query("mpu_sweeper_leader");
         (leader.len() == 1 && leader[0].1 == 1.0).then_some(())
     })
     .await;
 
-    // Runs failing: the resource whose bucket does not exist, as soon as a retry failed too (its
-    // first failure starts the series, which increase() does not count); never the others.
-    let runs_failing = expr(&by_name, "MpuSweeperRunsFailing");
-    let failing = eventually("failing runs to show", WAIT, || async {
-        let samples = prometheus.query(runs_failing);
-        (!samples.is_empty()).then_some(samples)
-    })
-    .await;
-    assert_eq!(names(&failing), BTreeSet::from(["broken".to_owned()]));
-    assert_eq!(failing[0].0["namespace"], namespace);
-    assert_eq!(failing[0].0["bucket"], missing);
-
-    // Aborts failing: the resource whose aborts are refused, once its retry failed them again.
-    let aborts_failing = expr(&by_name, "MpuSweeperAbortsFailing");
-    let refused = eventually("failing aborts to show", WAIT, || async {
-        let samples = prometheus.query(aborts_failing);
-        (!samples.is_empty()).then_some(samples)
-    })
-    .await;
-    assert_eq!(names(&refused), BTreeSet::from(["denied".to_owned()]));
-    assert_eq!(refused[0].0["bucket"], denied_bucket);
-
-    // No recent success: nobody at the default 26h; at a threshold of 1s, the resource that
-    // succeeded (the others never did: they have no last-success series).
-    assert!(
-        prometheus
-            .query(expr(&by_name, "MpuSweeperNoRecentSuccess"))
-            .is_empty()
-    );
+    // The rules pick the failing resources out of the series, and nothing else.
     let strict = alerts(&rules_of(&render(
         &tools,
         &["--set", "prometheusRule.noRecentSuccess.threshold=1s"],
     )));
-    let no_success_within_1s = expr(&strict, "MpuSweeperNoRecentSuccess");
-    let late = eventually("a success older than 1s", WAIT, || async {
-        let samples = prometheus.query(no_success_within_1s);
-        (!samples.is_empty()).then_some(samples)
-    })
-    .await;
-    assert_eq!(names(&late), BTreeSet::from(["good".to_owned()]));
-
-    // A controller is up and leads: neither MpuSweeperControllerDown nor MpuSweeperNoLeader.
+    resources
+        .check_alerts(
+            &prometheus,
+            &by_name,
+            expr(&strict, "MpuSweeperNoRecentSuccess"),
+            &namespace,
+        )
+        .await;
     let down = expr(&by_name, "MpuSweeperControllerDown");
     let no_leader = expr(&by_name, "MpuSweeperNoLeader");
-    assert_eq!(prometheus.query(down), vec![]);
-    assert_eq!(prometheus.query(no_leader), vec![]);
-
-    // Prometheus itself loaded the rules and evaluates them without errors; the failing
-    // resources' alerts are pending (their `for` has not passed).
-    let pending = eventually("the rules to be evaluated", WAIT, || async {
-        let groups = prometheus.api("/api/v1/rules")["groups"].clone();
-        let rules: Vec<Value> = groups
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|g| g["rules"].as_array().unwrap().clone())
-            .collect();
-        if rules.len() != ALERTS.len() || rules.iter().any(|r| r["health"] == "unknown") {
-            return None;
-        }
-        for rule in &rules {
-            assert_eq!(rule["health"], "ok", "{rule}");
-        }
-        let active: BTreeSet<(String, String, String)> = rules
-            .iter()
-            .flat_map(|r| r["alerts"].as_array().cloned().unwrap_or_default())
-            .map(|a| {
-                let field = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-                (
-                    field(&a["labels"]["alertname"]),
-                    field(&a["labels"]["name"]),
-                    field(&a["state"]),
-                )
-            })
-            .collect();
-        (active.len() >= 2).then_some(active)
-    })
-    .await;
-    assert_eq!(
-        pending,
-        BTreeSet::from([
-            (
-                "MpuSweeperAbortsFailing".to_owned(),
-                "denied".to_owned(),
-                "pending".to_owned()
-            ),
-            (
-                "MpuSweeperRunsFailing".to_owned(),
-                "broken".to_owned(),
-                "pending".to_owned()
-            ),
-        ])
-    );
 
     // Every dashboard query runs on the real series (as Grafana sends it, all values selected);
     // the panels show the controller and the resources.
@@ -1007,24 +696,11 @@ async fn a_real_prometheus_scrapes_the_controller_and_the_alerts_see_its_series(
 
     // A standby comes up while the Lease is held by a controller Prometheus does not see (a
     // "ghost" that will not let go for an hour): the standby is up, nobody leads.
-    let leases: Api<Lease> = Api::namespaced(kube.client.clone(), &namespace);
-    let mut lease = leases.get("monitoring").await.expect("the Lease");
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    spec.holder_identity = Some("ghost".into());
-    spec.lease_duration_seconds = Some(3600);
-    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-    leases
-        .replace("monitoring", &PostParams::default(), &lease)
-        .await
-        .expect("hand the Lease to the ghost");
+    hand_lease_to_ghost(&kube.client, &namespace, "monitoring").await;
     let second = replica("monitoring-b");
     // Only the standby: the dead controller's port may be anyone's by now.
-    prometheus.set_targets(&[second.http_port]);
-    let leaderless = eventually("MpuSweeperNoLeader to fire", WAIT, || async {
-        let samples = prometheus.query(no_leader);
-        (!samples.is_empty()).then_some(samples)
-    })
-    .await;
+    prometheus.set_scrape_configs(static_targets(&[second.http_port]));
+    let leaderless = prometheus.until_some(no_leader, WAIT).await;
     assert_eq!(leaderless.len(), 1, "{leaderless:?}");
     assert_eq!(
         leaderless[0].0.get("job").map(String::as_str),
@@ -1042,7 +718,7 @@ async fn a_real_prometheus_scrapes_the_controller_and_the_alerts_see_its_series(
     );
     drop(second);
     drop(prometheus);
-    proxy.shutdown().await;
+    resources.proxy.shutdown().await;
     // Leave nothing failing behind for a later controller that watches every namespace.
     let cleanups: Api<MultipartCleanup> = Api::namespaced(kube.client.clone(), &namespace);
     for name in ["good", "broken", "denied"] {

@@ -3,7 +3,9 @@
 //! `MPU_TEST_REQUIRE_BED=1` (set by `.ci/run` and the README's test command) makes it fail.
 #![allow(dead_code)]
 
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +18,8 @@ use mpu_sweeper::sweep::{AddressingStyle, CredentialSource, S3Settings};
 
 pub mod cluster;
 pub mod fault_proxy;
+pub mod node;
+pub mod prometheus;
 
 /// Uploads created before waiting `AGE_WAIT` are older than `MAX_AGE`; uploads created just
 /// before a sweep are younger (the margin covers servers that store whole seconds).
@@ -358,7 +362,6 @@ pub fn run_cli(server: &Server, args: &[&str], extra_env: &[(&str, &str)]) -> Cl
 /// A hang guard, not a timing assertion: a command still running after `deadline` is killed and the
 /// test fails. The child is reaped with wait4, which also reports its peak memory.
 fn run_with_deadline(mut command: Command, deadline: Duration) -> CliRun {
-    use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     #[expect(
         clippy::zombie_processes,
@@ -425,4 +428,63 @@ pub fn sweep_args<'a>(server: &'a Server, bucket: &'a str, max_age: &'a str) -> 
 
 pub fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:05}")).collect()
+}
+
+/// One HTTP/1.0 request to `host:port` (`form`, if any, as its url-encoded body): the status code
+/// and body, or `None` when nothing answers in time.
+pub fn http_request(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    form: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let socket = format!("{host}:{port}").parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(3)).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Runs `helm` (`MPU_TEST_HELM`) with `args`, against the cluster of `kubeconfig` when given, with
+/// caches and configuration of its own (the tests need none of the user's repositories or
+/// plugins): its output, whatever its exit status.
+pub fn helm_output(helm: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
+    let home = std::env::temp_dir().join("mpu-sweeper-helm-home");
+    let mut command = Command::new(helm);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    if let Some(kubeconfig) = kubeconfig {
+        command.env("KUBECONFIG", kubeconfig);
+    }
+    command.output().expect("run helm")
+}
+
+/// [`helm_output`], insisting on success: helm's stdout.
+pub fn helm_stdout(helm: &Path, kubeconfig: Option<&Path>, args: &[&str]) -> String {
+    let output = helm_output(helm, kubeconfig, args);
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
