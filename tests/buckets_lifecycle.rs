@@ -244,8 +244,10 @@ async fn top_prefixes_oldest_age_and_stale_bytes_come_from_a_dry_run(server: Ser
         ]
     );
     assert_eq!(json["staleBytes"].as_u64(), Some(expected_bytes));
+    // Ages come from the server's Date, which has whole seconds: the oldest may read up to a
+    // second under the 4.5 s waited (the young ones read 0 or 1).
     let oldest = json["oldestStaleAgeSeconds"].as_u64().unwrap();
-    assert!((4..600).contains(&oldest), "{oldest}");
+    assert!((3..600).contains(&oldest), "{oldest}");
     assert_eq!(json["aborted"].as_u64(), Some(0));
     assert_eq!(
         remaining_uploads(&s3, &bucket).await.len(),

@@ -168,8 +168,9 @@ async fn a_throttling_server_is_slowed_down_and_every_stale_upload_still_goes(se
     scene.assert_only_young_left().await;
 
     // The proxy sees the pace fall to the server's: the sweep starts with up to 16 aborts in
-    // flight; once throttled it halves that and paces its requests, so that after the first
-    // burst few aborts are sent only to be throttled.
+    // flight; once throttled it paces its requests, so that after the first burst few aborts
+    // are sent only to be throttled. (How many are in flight then depends on how slowly the
+    // server answers a paced request, not on the throttling: it is shown, not asserted.)
     let aborts: Vec<_> = scene
         .proxy
         .records()
@@ -190,10 +191,6 @@ async fn a_throttling_server_is_slowed_down_and_every_stale_upload_still_goes(se
         "aborts in flight at the proxy: up to {first} at first, then up to {later_max}; \
          throttled: {throttled} of {deletes}, {later_throttled} of the last {}",
         later.len()
-    );
-    assert!(
-        later_max <= 8,
-        "throttling must cut the aborts in flight: {later_max}"
     );
     assert!(
         share < 0.1,

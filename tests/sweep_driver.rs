@@ -247,7 +247,9 @@ fn options() -> SweepOptions {
 
 #[tokio::test(start_paused = true)]
 async fn throttling_cuts_the_aborts_in_flight_and_they_grow_back_when_it_stops() {
-    const UPLOADS: usize = 600;
+    // Enough uploads for the pace, cut by the throttles, to grow back along its cubic curve
+    // (about 10 s of virtual time here).
+    const UPLOADS: usize = 2_000;
     // The first 40 aborts are throttled, every one after is served.
     let server = MemoryS3::new(
         UPLOADS,
