@@ -80,18 +80,7 @@ fn helm(tools: &Tools, kubeconfig: Option<&Path>, args: &[&str]) -> String {
 }
 
 fn helm_output(tools: &Tools, kubeconfig: Option<&Path>, args: &[&str]) -> Output {
-    let mut command = Command::new(&tools.helm);
-    command.args(args).stdin(Stdio::null());
-    // Helm keeps its caches and repository config here; the tests need none of the user's.
-    let home = std::env::temp_dir().join("mpu-sweeper-helm-home");
-    command
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    if let Some(kubeconfig) = kubeconfig {
-        command.env("KUBECONFIG", kubeconfig);
-    }
-    command.output().expect("run helm")
+    common::helm_output(&tools.helm, kubeconfig, args)
 }
 
 /// The YAML documents of a multi-document stream, as JSON values (empty documents dropped).

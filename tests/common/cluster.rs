@@ -2,7 +2,7 @@
 //! whose kubeconfig is in `MPU_TEST_KUBECONFIG`), the CRD and RBAC applied with kubectl, and the
 //! controller run as a separate process with a ServiceAccount token bound by `deploy/rbac`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -353,17 +353,14 @@ impl ControllerProcess {
 
     /// GET a path on the controller's HTTP port: (status code, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((code, body))
+        super::http_request(
+            "127.0.0.1",
+            self.http_port,
+            "GET",
+            path,
+            "",
+            Duration::from_secs(5),
+        )
     }
 
     pub fn log(&self) -> String {
