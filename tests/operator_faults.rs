@@ -251,3 +251,46 @@ async fn api_server_restart_under_a_running_controller() {
     );
     assert!(controller.get("/healthz").is_some());
 }
+
+/// An API server that accepts connections and never answers: the watches never list, so the
+/// controller is never ready, and SIGTERM must still end it (the readiness wait used to hold
+/// the shutdown forever). It needs no bed: the stalled server is a listener of the test's own.
+#[test]
+fn a_controller_whose_api_server_never_answers_is_not_ready_and_stops_on_sigterm() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepted connections are kept open and never read.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "mpu-sweeper-stalled-{}.kubeconfig",
+        std::process::id()
+    ));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: stalled\n\
+             clusters: [{{name: stalled, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: u, user: {{token: unused}}}}]\n\
+             contexts: [{{name: stalled, context: {{cluster: stalled, user: u}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let mut controller = ControllerProcess::start_as(&kubeconfig, &[], &[]);
+    let readyz = (0..100).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        controller.get("/readyz")
+    });
+    let (code, body) = readyz.expect("the controller serves /readyz");
+    assert_eq!(code, 503, "{body}");
+    // The watches are stuck in their first list now, not merely starting.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(controller.get("/readyz").map(|(code, _)| code), Some(503));
+    let code = controller.terminate();
+    let _ = std::fs::remove_file(&kubeconfig);
+    assert_eq!(code, 0, "log:\n{}", controller.log());
+}

@@ -52,8 +52,24 @@ pub enum Command {
     Crd,
 }
 
+/// glibc gives threads that allocate at once arenas of their own, up to 8 per core, and keeps
+/// what they freed: the controller's API answers and sweeps are short-lived allocations spread
+/// over every runtime thread, so its RSS grew far above its heap (at 5,000 resources: 144 MB
+/// RSS for a 90 MB peak heap; 112 MB with two arenas). `MALLOC_ARENA_MAX`, when set, wins.
+fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        const ARENAS: libc::c_int = 2;
+        // SAFETY: called before any other thread exists; mallopt only sets a tunable.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    few_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio_util::sync::CancellationToken;
 
@@ -87,10 +88,14 @@ struct Context {
     fences: Fences,
     leadership: Leadership,
     /// The watches' caches (one per watched namespace, or one for all).
-    stores: Vec<Store<MultipartCleanup>>,
+    stores: Vec<Store<Cached>>,
     queue: Mutex<SweepQueue>,
     /// Wakes the dispatcher when a sweep is queued or ends.
     queue_changed: tokio::sync::Notify,
+    /// Reconciles running at once over all the watches. Each `Controller` bounds its own, but
+    /// one per watched namespace (100 of them) would otherwise send thousands of GETs at once,
+    /// each on a connection of its own.
+    reconcile_slots: tokio::sync::Semaphore,
     writer: StatusWriter,
 }
 
@@ -138,7 +143,7 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let apis: Vec<Api<MultipartCleanup>> = match &config.scope {
+    let apis: Vec<Api<Cached>> = match &config.scope {
         Scope::AllNamespaces => vec![Api::all(client.clone())],
         Scope::Namespaces(namespaces) => namespaces
             .iter()
@@ -150,12 +155,18 @@ pub async fn run(
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|api| {
-            Controller::new(api, watcher::Config::default())
+            let (store, writer) = reflector::store();
+            let changes = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(slim)
+                .reflect(writer)
+                .applied_objects();
+            Controller::for_stream(changes, store)
                 .with_config(controller::Config::default().concurrency(RECONCILES_AT_ONCE))
                 .graceful_shutdown_on(stop.clone().cancelled_owned())
         })
         .collect();
-    let stores: Vec<Store<MultipartCleanup>> = controllers.iter().map(|c| c.store()).collect();
+    let stores: Vec<Store<Cached>> = controllers.iter().map(|c| c.store()).collect();
     let context = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -177,10 +188,12 @@ pub async fn run(
             usize::from(config.max_concurrent_sweeps_per_namespace),
         )),
         queue_changed: tokio::sync::Notify::new(),
+        reconcile_slots: tokio::sync::Semaphore::new(usize::from(RECONCILES_AT_ONCE)),
     });
     let reconciles = controllers.into_iter().map(|controller| {
         let context = context.clone();
-        controller
+        let store = controller.store();
+        let loop_ = controller
             .run(
                 reconcile::reconcile,
                 reconcile::error_policy,
@@ -189,9 +202,16 @@ pub async fn run(
             .for_each(move |result| {
                 let context = context.clone();
                 async move { log_loop_error(&context, result) }
-            })
+            });
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = loop_ => {}
+                () = stopped_before_listed(store, stop) => {}
+            }
+        }
     });
-    let readiness = async move {
+    let all_synced = async move {
         for store in stores {
             if store.wait_until_ready().await.is_err() {
                 return;
@@ -199,6 +219,13 @@ pub async fn run(
         }
         ready.store(true, Ordering::Relaxed);
         tracing::info!("caches synced; controller ready");
+    };
+    // A watch that never syncs (an API server that stalls its list) must not hold up shutdown.
+    let readiness = async {
+        tokio::select! {
+            () = all_synced => {}
+            () = stop.cancelled() => {}
+        }
     };
     tokio::join!(
         futures::future::join_all(reconciles),
@@ -209,9 +236,36 @@ pub async fn run(
     tracing::info!("controller stopped");
 }
 
+/// Resolves when `stop` comes before the watch has listed once. kube's graceful shutdown waits
+/// for the reconciles, which wait for that list: a watch that never lists (an API server that
+/// stalls) would hold the shutdown forever. No reconcile has started then, so none is cut off.
+async fn stopped_before_listed(store: Store<Cached>, stop: CancellationToken) {
+    stop.cancelled().await;
+    if store.wait_until_ready().now_or_never().is_none() {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// What the watch caches keep of a resource: its metadata without `managedFields` (a tree per
+/// writer, the largest part of a resource that has run), nor kubectl's copy of the last applied
+/// spec. Reconciles and sweeps read the resource itself from the API server; the caches only say
+/// which resources exist, with their uid and generation, and trigger the reconciles. At 5,000
+/// resources whole objects took most of the controller's memory.
+pub type Cached = PartialObjectMeta<MultipartCleanup>;
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn slim(resource: &mut Cached) {
+    resource.metadata.managed_fields = None;
+    if let Some(annotations) = resource.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
 type LoopResult = Result<
     (
-        kube::runtime::reflector::ObjectRef<MultipartCleanup>,
+        kube::runtime::reflector::ObjectRef<Cached>,
         kube::runtime::controller::Action,
     ),
     controller::Error<Error, watcher::Error>,
@@ -245,7 +299,7 @@ async fn forget_deleted(ctx: Arc<Context>) {
             () = ctx.stop.cancelled() => return,
         }
         for (namespace, name) in ctx.metrics.tracked() {
-            let resource = ObjectRef::<MultipartCleanup>::new(&name).within(&namespace);
+            let resource = ObjectRef::<Cached>::new(&name).within(&namespace);
             if ctx
                 .stores
                 .iter()
@@ -265,6 +319,33 @@ const BUSY_RECHECK: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_no_managed_fields_nor_last_applied_spec() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+        use kube::core::PartialObjectMetaExt;
+        let run_requested = crate::api::RUN_REQUESTED_ANNOTATION;
+        let mut cached: Cached = ObjectMeta {
+            uid: Some("u1".into()),
+            generation: Some(3),
+            managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+            annotations: Some(
+                [
+                    (LAST_APPLIED_ANNOTATION.to_owned(), "{...}".to_owned()),
+                    (run_requested.to_owned(), "t1".to_owned()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial();
+        slim(&mut cached);
+        assert_eq!(cached.metadata.managed_fields, None);
+        let annotations = cached.metadata.annotations.unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), [run_requested]);
+        assert_eq!(cached.metadata.uid.as_deref(), Some("u1"));
+        assert_eq!(cached.metadata.generation, Some(3));
+    }
 
     #[test]
     fn a_namespace_named_twice_is_watched_once() {

@@ -3,6 +3,9 @@
 //! bookkeeping; the controller starts and ends the sweeps.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::decide::Activity;
 
@@ -33,6 +36,8 @@ pub struct SweepQueue {
     /// sweep that started meanwhile would read the resource before that write and then find its
     /// own result refused as written over someone else's status.
     held: HashSet<(String, String)>,
+    /// When each waiting sweep was queued.
+    queued_at: HashMap<(String, String), Instant>,
 }
 
 impl SweepQueue {
@@ -44,6 +49,7 @@ impl SweepQueue {
             running: Vec::new(),
             running_per_namespace: HashMap::new(),
             held: HashSet::new(),
+            queued_at: HashMap::new(),
         }
     }
 
@@ -66,12 +72,25 @@ impl SweepQueue {
             return;
         }
         self.waiting.retain(|t| t.key() != ticket.key());
+        self.queued_at.insert(
+            (ticket.namespace.clone(), ticket.name.clone()),
+            Instant::now(),
+        );
         self.waiting.push_back(ticket);
+    }
+
+    /// How long the sweep of `ticket` has been waiting; zero when it is not.
+    pub fn waited(&self, ticket: &Ticket) -> Duration {
+        self.queued_at
+            .get(&(ticket.namespace.clone(), ticket.name.clone()))
+            .map_or(Duration::ZERO, Instant::elapsed)
     }
 
     /// Takes a sweep that is no longer due (suspended, spec changed, deleted) out of the queue.
     pub fn withdraw(&mut self, namespace: &str, name: &str) {
         self.waiting.retain(|t| t.key() != (namespace, name));
+        self.queued_at
+            .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     /// The first waiting sweep that may start now: a slot is free and its namespace is under its
@@ -91,6 +110,8 @@ impl SweepQueue {
         };
         let index = self.waiting.iter().position(startable)?;
         let ticket = self.waiting.remove(index)?;
+        self.queued_at
+            .remove(&(ticket.namespace.clone(), ticket.name.clone()));
         *self
             .running_per_namespace
             .entry(ticket.namespace.clone())
@@ -168,6 +189,21 @@ mod tests {
             name: name.into(),
             uid: format!("{namespace}/{name}-1"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_sweep_counts_its_wait_from_when_it_was_first_queued() {
+        let mut queue = SweepQueue::new(1, 1);
+        let (first, second) = (ticket("a", "r1"), ticket("b", "r2"));
+        queue.enqueue(first.clone());
+        queue.enqueue(second.clone());
+        assert_eq!(queue.start_next(), Some(first.clone()));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        queue.enqueue(second.clone()); // looked at again: still the same wait
+        assert_eq!(queue.waited(&second), Duration::from_secs(7));
+        assert_eq!(queue.waited(&first), Duration::ZERO, "running, not waiting");
+        queue.withdraw("b", "r2");
+        assert_eq!(queue.waited(&second), Duration::ZERO);
     }
 
     #[test]

@@ -16,10 +16,11 @@ use super::decide::{self, Activity, Decision, Situation};
 use super::queue::Ticket;
 use super::reason::Reason;
 use super::settings::{self, Plan, Problem};
-use super::{BUSY_RECHECK, Context, Error};
+use super::{BUSY_RECHECK, Cached, Context, Error};
 use crate::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION};
 
-pub async fn reconcile(cached: Arc<MultipartCleanup>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _slot = (ctx.reconcile_slots.acquire().await).expect("the semaphore is never closed");
     // The CRD is namespaced: every object the API server hands out has one.
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
@@ -48,34 +49,47 @@ pub async fn look(
     match examine(ctx, api, mpc, activity).await? {
         Examined::Done(action) => Ok(action),
         Examined::Due(due) => {
-            let startable = {
+            let wait = {
                 let mut queue = ctx.queue();
                 queue.enqueue(ticket.clone());
-                let startable = queue.can_start(&ticket);
-                if !startable {
+                let wait = if queue.can_start(&ticket) {
+                    SlotWait::None
+                } else {
+                    match QUEUED_SAID_AFTER.checked_sub(queue.waited(&ticket)) {
+                        Some(left) if !left.is_zero() => SlotWait::Short(left),
+                        _ => SlotWait::Long,
+                    }
+                };
+                if wait == SlotWait::Long {
                     queue.hold(&ticket);
                 }
-                startable
+                wait
             };
-            // Said only when the sweep must wait: one that starts at once says nothing until it
-            // has run (or has run for a while). The sweep starts only once this is written.
-            let written = if startable {
-                Ok(None)
-            } else {
-                let mut status = due.status;
-                let health = Health::working(
-                    Reason::Queued,
-                    "due; waiting for a sweep slot (the operator runs a few sweeps at a time, and a few per namespace)",
-                );
-                set_health(
-                    &mut status,
-                    &health,
-                    mpc.metadata.generation,
-                    Timestamp::now(),
-                );
-                let written = ctx.writer.write(api, &due.mpc, &status).await;
-                ctx.queue().release(&ticket);
-                written
+            // Said only when the sweep has waited a while: one that starts soon says nothing
+            // until it has run (or has run for a while), so that a run costs one status write
+            // even when many fall due at once. The sweep starts only once this is written.
+            let written = match wait {
+                SlotWait::None => Ok(None),
+                SlotWait::Short(left) => {
+                    ctx.queue_changed.notify_one();
+                    return Ok(Action::requeue(left));
+                }
+                SlotWait::Long => {
+                    let mut status = due.status;
+                    let health = Health::working(
+                        Reason::Queued,
+                        "due; waiting for a sweep slot (the operator runs a few sweeps at a time, and a few per namespace)",
+                    );
+                    set_health(
+                        &mut status,
+                        &health,
+                        mpc.metadata.generation,
+                        Timestamp::now(),
+                    );
+                    let written = ctx.writer.write(api, &due.mpc, &status).await;
+                    ctx.queue().release(&ticket);
+                    written
+                }
             };
             ctx.queue_changed.notify_one();
             written?;
@@ -84,7 +98,21 @@ pub async fn look(
     }
 }
 
-pub fn error_policy(mpc: Arc<MultipartCleanup>, err: &Error, ctx: Arc<Context>) -> Action {
+/// How long a due sweep waits for its slot before its status says `Queued`.
+const QUEUED_SAID_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a due sweep is to wait for a sweep slot, as far as its status goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotWait {
+    /// It starts at once.
+    None,
+    /// It waits, but not yet for [`QUEUED_SAID_AFTER`]; looked at again after what is left.
+    Short(Duration),
+    /// It has waited that long: its status says `Queued`.
+    Long,
+}
+
+pub fn error_policy(mpc: Arc<Cached>, err: &Error, ctx: Arc<Context>) -> Action {
     let namespace = mpc.namespace().unwrap_or_default();
     tracing::warn!(namespace, name = %mpc.name_any(), error = %err, "reconcile failed; retrying");
     let reason = match err {

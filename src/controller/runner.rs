@@ -21,7 +21,7 @@ use super::reason::Reason;
 use super::reconcile::{Due, Examined, examine, set_health, warn_if_new};
 use super::settings::{Plan, Problem};
 use super::verdict::{judge, lifecycle_health, run_summary, saturating_i64};
-use super::{Context, Error, reconcile, settings};
+use super::{Cached, Context, Error, reconcile, settings};
 use crate::api::{MultipartCleanup, MultipartCleanupStatus};
 use crate::metrics::ResourceLabels;
 use crate::sweep::{self, NoProgress, RunOutcome, SendGate, SweepStop};
@@ -278,7 +278,7 @@ impl Sweep<'_> {
         tracing::info!(namespace = %labels.namespace, name = %labels.name, buckets = %self.plan.describe(), "sweep starting");
         let watch = tokio::spawn(cancel_on_change(
             self.ctx.stores.clone(),
-            ObjectRef::from_obj(&self.mpc),
+            ObjectRef::<Cached>::new(labels.name).within(labels.namespace),
             self.mpc.metadata.uid.clone(),
             self.mpc.metadata.generation,
             run_cancel.clone(),
@@ -376,8 +376,8 @@ const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// of the same name, or holds a newer generation of it (a spec edit). The cache, not the API
 /// server, is asked: the watch already brings every change, so the check costs no request.
 async fn cancel_on_change(
-    stores: Vec<Store<MultipartCleanup>>,
-    resource: ObjectRef<MultipartCleanup>,
+    stores: Vec<Store<Cached>>,
+    resource: ObjectRef<Cached>,
     uid: Option<String>,
     generation: Option<i64>,
     cancel: CancellationToken,
