@@ -2,8 +2,9 @@
 //! or standing by for leadership).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,7 +18,43 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    pub ready: Arc<AtomicBool>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Whether the controller is ready, and since when it is not. Not ready for longer than
+/// `sync_limit` makes `/healthz` fail too, so that the kubelet restarts the controller: a watch
+/// whose first list stalls never recovers by itself, and an unready pod is never restarted.
+pub struct Readiness {
+    ready: AtomicBool,
+    changed: Mutex<Instant>,
+    sync_limit: Duration,
+}
+
+impl Readiness {
+    pub fn new(sync_limit: Duration) -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            changed: Mutex::new(Instant::now()),
+            sync_limit,
+        }
+    }
+
+    pub fn set(&self, ready: bool) {
+        let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        if self.ready.swap(ready, Ordering::Relaxed) != ready {
+            *changed = Instant::now();
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Not ready for longer than the limit.
+    fn stuck(&self) -> bool {
+        let changed = *self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        !self.is_ready() && changed.elapsed() > self.sync_limit
+    }
 }
 
 /// Binds first, so that a busy port fails start-up rather than going unnoticed.
@@ -34,7 +71,7 @@ pub async fn serve(
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
     axum::serve(listener, app)
@@ -52,13 +89,44 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.readiness.stuck() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: caches not synced within --cache-sync-timeout\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.readiness.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: caches not synced yet\n",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_controller_unready_past_the_limit_is_stuck() {
+        let patient = Readiness::new(Duration::from_secs(3600));
+        assert!(!patient.stuck());
+        let readiness = Readiness::new(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(readiness.stuck());
+        readiness.set(true);
+        assert!(!readiness.stuck());
+        // Unready again (a standby that won the lease): counted from then.
+        readiness.set(false);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(readiness.stuck());
     }
 }

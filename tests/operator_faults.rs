@@ -257,29 +257,7 @@ async fn api_server_restart_under_a_running_controller() {
 /// the shutdown forever). It needs no bed: the stalled server is a listener of the test's own.
 #[test]
 fn a_controller_whose_api_server_never_answers_is_not_ready_and_stops_on_sigterm() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // Accepted connections are kept open and never read.
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
-    let kubeconfig = std::env::temp_dir().join(format!(
-        "mpu-sweeper-stalled-{}.kubeconfig",
-        std::process::id()
-    ));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: stalled\n\
-             clusters: [{{name: stalled, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
-             users: [{{name: u, user: {{token: unused}}}}]\n\
-             contexts: [{{name: stalled, context: {{cluster: stalled, user: u}}}}]\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = stalled_api_server("sigterm");
     let mut controller = ControllerProcess::start_as(&kubeconfig, &[], &[]);
     let readyz = (0..100).find_map(|_| {
         std::thread::sleep(Duration::from_millis(100));
@@ -293,4 +271,50 @@ fn a_controller_whose_api_server_never_answers_is_not_ready_and_stops_on_sigterm
     let code = controller.terminate();
     let _ = std::fs::remove_file(&kubeconfig);
     assert_eq!(code, 0, "log:\n{}", controller.log());
+}
+
+/// The same stalled API server: past `--cache-sync-timeout`, /healthz fails as well, so that the
+/// kubelet restarts a controller that would otherwise stay unready for good.
+#[test]
+fn a_controller_whose_caches_never_sync_fails_its_liveness_check() {
+    let kubeconfig = stalled_api_server("liveness");
+    let controller = ControllerProcess::start_as(&kubeconfig, &["--cache-sync-timeout", "2"], &[]);
+    let healthz = (0..300).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        controller.get("/healthz").filter(|(code, _)| *code != 200)
+    });
+    let _ = std::fs::remove_file(&kubeconfig);
+    let (code, body) = healthz.expect("/healthz fails within 30 s");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("caches not synced"), "{body}");
+    assert_eq!(controller.get("/readyz").map(|(code, _)| code), Some(503));
+}
+
+/// A kubeconfig for an API server that accepts connections and never answers: a listener of
+/// the test's own, on a thread that holds every connection until the test process ends.
+fn stalled_api_server(tag: &str) -> std::path::PathBuf {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepted connections are kept open and never read.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "mpu-sweeper-stalled-{tag}-{}.kubeconfig",
+        std::process::id()
+    ));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: stalled\n\
+             clusters: [{{name: stalled, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: u, user: {{token: unused}}}}]\n\
+             contexts: [{{name: stalled, context: {{cluster: stalled, user: u}}}}]\n"
+        ),
+    )
+    .unwrap();
+    kubeconfig
 }

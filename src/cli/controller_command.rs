@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -15,7 +14,7 @@ use super::exit;
 use super::signals::wait_for_stop_signal;
 use crate::controller::leader::{LeaderElector, Leadership};
 use crate::controller::{self, ControllerConfig, Fences, Scope, SecretSelector};
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, Readiness};
 use crate::metrics::Metrics;
 use crate::sweep::{DEFAULT_DENIED, EndpointPolicy, Limits};
 use crate::telemetry::{self, LoggingArgs};
@@ -65,6 +64,11 @@ pub struct ControllerArgs {
     /// Sweeps running at once in one namespace, so that one tenant cannot take every slot.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     max_concurrent_sweeps_per_namespace: u16,
+
+    /// Seconds the watches may take to list the resources (at start, and after winning the
+    /// leadership) before /healthz fails, so that the kubelet restarts a controller stuck there.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    cache_sync_timeout: u64,
 
     /// Seconds to wait for a TCP/TLS connection to an S3 endpoint.
     #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
@@ -158,7 +162,7 @@ pub async fn run(args: ControllerArgs) -> u8 {
         }
     };
     let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Readiness::new(Duration::from_secs(args.cache_sync_timeout)));
     let Some(server) = serve(&args, metrics.clone(), ready.clone()).await else {
         return exit::USAGE;
     };
@@ -229,7 +233,7 @@ impl Server {
 async fn serve(
     args: &ControllerArgs,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
 ) -> Option<Server> {
     let listener = match http::bind(args.http_address).await {
         Ok(listener) => listener,
@@ -239,7 +243,7 @@ async fn serve(
         }
     };
     let stop = CancellationToken::new();
-    let state = HttpState { metrics, ready };
+    let state = HttpState { metrics, readiness };
     let task = tokio::spawn(http::serve(listener, state, stop.clone()));
     Some(Server { stop, task })
 }
@@ -249,14 +253,14 @@ async fn serve(
 async fn lead(
     elector: &LeaderElector,
     shutdown: &CancellationToken,
-    ready: &AtomicBool,
+    ready: &Readiness,
     metrics: &Metrics,
 ) -> bool {
-    ready.store(true, Ordering::Relaxed);
+    ready.set(true);
     if !elector.acquire(shutdown).await {
         return false;
     }
-    ready.store(false, Ordering::Relaxed);
+    ready.set(false);
     metrics.set_leader(true);
     true
 }
@@ -269,7 +273,7 @@ async fn run_until_stopped(
     client: kube::Client,
     config: ControllerConfig,
     metrics: &Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     shutdown: &CancellationToken,
     elector: Option<&LeaderElector>,
 ) -> bool {

@@ -16,7 +16,6 @@ mod settings;
 mod status;
 mod verdict;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use kube::{Api, Client, Resource};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::MultipartCleanup;
+use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::sweep::Limits;
 use crate::text;
@@ -140,7 +140,7 @@ pub async fn run(
     client: Client,
     config: ControllerConfig,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     stop: CancellationToken,
 ) {
     let apis: Vec<Api<Cached>> = match &config.scope {
@@ -217,7 +217,7 @@ pub async fn run(
                 return;
             }
         }
-        ready.store(true, Ordering::Relaxed);
+        ready.set(true);
         tracing::info!("caches synced; controller ready");
     };
     // A watch that never syncs (an API server that stalls its list) must not hold up shutdown.
