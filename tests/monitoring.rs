@@ -36,7 +36,7 @@ const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/charts/mpu-sweeper/dashboards/mpu-sweeper.json"
 );
-const METRICS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs");
+const METRICS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics");
 
 const ALERTS: [&str; 5] = [
     "MpuSweeperNoRecentSuccess",
@@ -599,7 +599,10 @@ async fn a_real_prometheus_scrapes_the_controller_and_the_alerts_see_its_series(
     // The rules and the dashboard name only metrics a real controller exposes.
     let exposition = first.get("/metrics").expect("/metrics").1;
     let exposed = exposed_names(&exposition);
-    let source = std::fs::read_to_string(METRICS_SOURCE).unwrap();
+    let source: String = std::fs::read_dir(METRICS_SOURCE)
+        .unwrap()
+        .map(|file| std::fs::read_to_string(file.unwrap().path()).unwrap())
+        .collect();
     let rules = rules_of(&render(&tools, &[]));
     let by_name = alerts(&rules);
     let dashboard = dashboard();

@@ -177,6 +177,7 @@ pub async fn run(args: ControllerArgs) -> u8 {
             shutdown.cancel();
         }
     });
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(super::return_freed_memory());
     let elector = args.elector(&client, &identity);
     let leadership = match &elector {

@@ -70,11 +70,11 @@ fn few_malloc_arenas() {
 /// Hands the pages that freed allocations leave behind back to the kernel every few seconds.
 /// glibc keeps them until the top of a heap is free, which the controller's mix of long-lived
 /// cache entries and short-lived answers (a /metrics scrape: megabytes) rarely leaves.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 async fn return_freed_memory() {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     loop {
         tokio::time::sleep(EVERY).await;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only releases free pages; it is thread-safe.
         unsafe {
             libc::malloc_trim(0);

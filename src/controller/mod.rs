@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::MultipartCleanup;
 use crate::http::Readiness;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReconcileFailure};
 use crate::sweep::Limits;
 use crate::text;
 use leader::Leadership;
@@ -132,6 +132,15 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("this replica does not hold the leadership; nothing is written")]
     NotLeader,
+}
+
+impl From<&Error> for ReconcileFailure {
+    fn from(err: &Error) -> Self {
+        match err {
+            Error::Kube(_) => ReconcileFailure::KubernetesApi,
+            Error::NotLeader => ReconcileFailure::NotLeader,
+        }
+    }
 }
 
 /// Runs until `stop` is cancelled, then lets running sweeps wind down and returns.

@@ -23,6 +23,17 @@ impl Ticket {
     fn key(&self) -> (&str, &str) {
         (&self.namespace, &self.name)
     }
+
+    fn owned_key(&self) -> ResourceKey {
+        resource_key(&self.namespace, &self.name)
+    }
+}
+
+/// A resource's key in the queue's maps: namespace, name.
+type ResourceKey = (String, String);
+
+fn resource_key(namespace: &str, name: &str) -> ResourceKey {
+    (namespace.to_owned(), name.to_owned())
 }
 
 #[derive(Debug)]
@@ -35,9 +46,9 @@ pub struct SweepQueue {
     /// Waiting sweeps that must not start yet: their `Queued` status is being written, and a
     /// sweep that started meanwhile would read the resource before that write and then find its
     /// own result refused as written over someone else's status.
-    held: HashSet<(String, String)>,
+    held: HashSet<ResourceKey>,
     /// When each waiting sweep was queued.
-    queued_at: HashMap<(String, String), Instant>,
+    queued_at: HashMap<ResourceKey, Instant>,
 }
 
 impl SweepQueue {
@@ -72,25 +83,21 @@ impl SweepQueue {
             return;
         }
         self.waiting.retain(|t| t.key() != ticket.key());
-        self.queued_at.insert(
-            (ticket.namespace.clone(), ticket.name.clone()),
-            Instant::now(),
-        );
+        self.queued_at.insert(ticket.owned_key(), Instant::now());
         self.waiting.push_back(ticket);
     }
 
     /// How long the sweep of `ticket` has been waiting; zero when it is not.
     pub fn waited(&self, ticket: &Ticket) -> Duration {
         self.queued_at
-            .get(&(ticket.namespace.clone(), ticket.name.clone()))
+            .get(&ticket.owned_key())
             .map_or(Duration::ZERO, Instant::elapsed)
     }
 
     /// Takes a sweep that is no longer due (suspended, spec changed, deleted) out of the queue.
     pub fn withdraw(&mut self, namespace: &str, name: &str) {
         self.waiting.retain(|t| t.key() != (namespace, name));
-        self.queued_at
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        self.queued_at.remove(&resource_key(namespace, name));
     }
 
     /// The first waiting sweep that may start now: a slot is free and its namespace is under its
@@ -110,8 +117,7 @@ impl SweepQueue {
         };
         let index = self.waiting.iter().position(startable)?;
         let ticket = self.waiting.remove(index)?;
-        self.queued_at
-            .remove(&(ticket.namespace.clone(), ticket.name.clone()));
+        self.queued_at.remove(&ticket.owned_key());
         *self
             .running_per_namespace
             .entry(ticket.namespace.clone())
@@ -122,18 +128,15 @@ impl SweepQueue {
 
     /// Keeps a waiting sweep from starting until [`Self::release`].
     pub fn hold(&mut self, ticket: &Ticket) {
-        self.held
-            .insert((ticket.namespace.clone(), ticket.name.clone()));
+        self.held.insert(ticket.owned_key());
     }
 
     pub fn release(&mut self, ticket: &Ticket) {
-        self.held
-            .remove(&(ticket.namespace.clone(), ticket.name.clone()));
+        self.held.remove(&ticket.owned_key());
     }
 
     fn is_held(&self, ticket: &Ticket) -> bool {
-        self.held
-            .contains(&(ticket.namespace.clone(), ticket.name.clone()))
+        self.held.contains(&ticket.owned_key())
     }
 
     /// A sweep started by [`Self::start_next`] ended.

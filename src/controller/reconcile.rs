@@ -115,12 +115,8 @@ enum SlotWait {
 pub fn error_policy(mpc: Arc<Cached>, err: &Error, ctx: Arc<Context>) -> Action {
     let namespace = mpc.namespace().unwrap_or_default();
     tracing::warn!(namespace, name = %mpc.name_any(), error = %err, "reconcile failed; retrying");
-    let reason = match err {
-        Error::Kube(_) => "KubernetesApi",
-        Error::NotLeader => "NotLeader",
-    };
     ctx.metrics
-        .reconcile_error(&namespace, &mpc.name_any(), reason);
+        .reconcile_error(&namespace, &mpc.name_any(), err.into());
     Action::requeue(Duration::from_secs(10))
 }
 

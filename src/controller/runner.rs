@@ -78,12 +78,8 @@ async fn sweep_ticket(ctx: Arc<Context>, ticket: Ticket) {
     };
     if let Err(err) = result {
         tracing::warn!(namespace = %ticket.namespace, name = %ticket.name, error = %err, "sweep could not finish");
-        let reason = match err {
-            Error::Kube(_) => "KubernetesApi",
-            Error::NotLeader => "NotLeader",
-        };
         ctx.metrics
-            .reconcile_error(&ticket.namespace, &ticket.name, reason);
+            .reconcile_error(&ticket.namespace, &ticket.name, (&err).into());
     }
 }
 
@@ -312,7 +308,7 @@ impl Sweep<'_> {
         let labels = self.labels();
         tracing::info!(
             namespace = %labels.namespace, name = %labels.name, found = summary.found, stale = summary.stale,
-            aborted = summary.aborted, failed = summary.failed, result = verdict.result, "sweep finished"
+            aborted = summary.aborted, failed = summary.failed, result = verdict.result.label(), "sweep finished"
         );
         ctx.metrics
             .sweep_finished(&labels, summary, verdict.result, verdict.success);

@@ -6,6 +6,7 @@ use kube::runtime::events::EventType;
 use super::conditions::{self, Health, LifecycleHealth};
 use super::reason::Reason;
 use crate::api::{BucketRun, LifecycleRun, PrefixRun, RunSummary};
+use crate::metrics::RunResult;
 use crate::sweep::{
     BucketResult, LifecycleGoal, LifecycleReport, LifecycleState, RunOutcome, S3Error, S3ErrorKind,
     SweepStop,
@@ -18,7 +19,7 @@ pub struct Verdict {
     pub health: Health,
     pub success: bool,
     /// The `result` label of `mpu_sweeper_runs_total`.
-    pub result: &'static str,
+    pub result: RunResult,
     pub event_type: EventType,
     pub error: Option<String>,
 }
@@ -57,7 +58,7 @@ pub fn counts_text(run: &RunSummary) -> String {
 pub fn judge(outcome: &RunOutcome, interrupted_by: &str) -> Verdict {
     let s = &outcome.totals;
     let counts = counts_text(&run_summary(outcome, None));
-    let failed = |reason: Reason, result: &'static str, message: String| Verdict {
+    let failed = |reason: Reason, result: RunResult, message: String| Verdict {
         health: Health::not_ready(reason, message.clone()),
         success: false,
         result,
@@ -70,7 +71,7 @@ pub fn judge(outcome: &RunOutcome, interrupted_by: &str) -> Verdict {
         None if s.failed == 0 => Verdict {
             health: Health::ready(counts),
             success: true,
-            result: "succeeded",
+            result: RunResult::Succeeded,
             event_type: EventType::Normal,
             error: None,
         },
@@ -79,11 +80,11 @@ pub fn judge(outcome: &RunOutcome, interrupted_by: &str) -> Verdict {
                 format!("; first failure: {} ({})", f.message, f.code)
             });
             let message = format!("{counts}; {} aborts failed{example}", s.failed);
-            failed(Reason::AbortsFailed, "partial", message)
+            failed(Reason::AbortsFailed, RunResult::Partial, message)
         }
         Some(SweepStop::Cancelled) => failed(
             Reason::Interrupted,
-            "interrupted",
+            RunResult::Interrupted,
             format!(
                 "interrupted by {interrupted_by} after {counts}; the next run lists the bucket again"
             ),
@@ -94,7 +95,11 @@ pub fn judge(outcome: &RunOutcome, interrupted_by: &str) -> Verdict {
                 "the run's time limit (spec.timeout {limit}) passed after listing {} uploads ({counts}); the next run lists the bucket again from the start; raise spec.timeout if listing it takes longer",
                 s.found
             );
-            failed(Reason::DeadlineExceeded, "deadline_exceeded", message)
+            failed(
+                Reason::DeadlineExceeded,
+                RunResult::DeadlineExceeded,
+                message,
+            )
         }
         Some(stop @ (SweepStop::ListingFailed(err) | SweepStop::ServerUnreachable(err))) => {
             let (reason, advice) = reason_and_advice(err);
@@ -111,7 +116,7 @@ pub fn judge(outcome: &RunOutcome, interrupted_by: &str) -> Verdict {
                     s.found
                 ),
             };
-            failed(reason, "failed", message)
+            failed(reason, RunResult::Failed, message)
         }
     }
 }
@@ -143,7 +148,7 @@ fn judge_failed_buckets(outcome: &RunOutcome, counts: &str) -> Verdict {
     Verdict {
         health: Health::not_ready(reason, message.clone()),
         success: false,
-        result: "failed",
+        result: RunResult::Failed,
         event_type: EventType::Warning,
         error: Some(message),
     }
