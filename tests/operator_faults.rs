@@ -273,6 +273,33 @@ fn a_controller_whose_api_server_never_answers_is_not_ready_and_stops_on_sigterm
     assert_eq!(code, 0, "log:\n{}", controller.log());
 }
 
+/// The same stalled API server, with leader election: the replica waits for the Lease without
+/// end, and still stops on SIGTERM (each attempt is bounded and gives way to the signal).
+#[test]
+fn a_standby_whose_api_server_never_answers_stops_on_sigterm() {
+    let kubeconfig = stalled_api_server("standby");
+    let mut controller = ControllerProcess::start_as(
+        &kubeconfig,
+        &["--leader-election", "--lease-duration-seconds", "3"],
+        &[],
+    );
+    let serving = (0..100).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        controller.get("/healthz")
+    });
+    serving.expect("the controller serves /healthz");
+    // Past a few attempts, each longer than the retry period without the bound.
+    std::thread::sleep(Duration::from_secs(4));
+    let code = controller.terminate();
+    let _ = std::fs::remove_file(&kubeconfig);
+    assert_eq!(code, 0, "log:\n{}", controller.log());
+    assert!(
+        controller.log().contains("did not answer in time"),
+        "{}",
+        controller.log()
+    );
+}
+
 /// The same stalled API server: past `--cache-sync-timeout`, /healthz fails as well, so that the
 /// kubelet restarts a controller that would otherwise stay unready for good.
 #[test]

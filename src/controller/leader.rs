@@ -105,21 +105,29 @@ impl LeaderElector {
         let mut announced = false;
         loop {
             let attempt_started = Instant::now();
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
+            // Bounded, and given up on the signal: the kube client retries some answers (429,
+            // 503) by itself for minutes, and a standby must still stop when told.
+            let attempt = tokio::time::timeout(self.retry_period(), self.try_acquire_or_renew());
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                attempt = attempt => attempt,
+            };
+            match attempt {
+                Ok(Ok(true)) => {
                     self.leadership
                         .hold_until(attempt_started + self.renew_deadline());
                     tracing::info!(lease = %self.name, identity = %self.identity, "acquired leadership");
                     return true;
                 }
-                Ok(false) if !announced => {
+                Ok(Ok(false)) if !announced => {
                     tracing::info!(lease = %self.name, "another replica leads; standing by");
                     announced = true;
                 }
-                Ok(false) => {}
-                Err(err) => {
+                Ok(Ok(false)) => {}
+                Ok(Err(err)) => {
                     tracing::warn!(error = %err, "leader election: cannot read or write the lease")
                 }
+                Err(_) => tracing::warn!("leader election: the API server did not answer in time"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
