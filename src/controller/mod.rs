@@ -8,6 +8,7 @@
 mod conditions;
 mod decide;
 pub mod leader;
+mod looks;
 mod queue;
 mod reason;
 mod reconcile;
@@ -97,9 +98,18 @@ struct Context {
     /// each on a connection of its own.
     reconcile_slots: tokio::sync::Semaphore,
     writer: StatusWriter,
+    /// What the last look at each resource decided.
+    last_looks: looks::LastLooks,
 }
 
 impl Context {
+    /// Drops what is kept about a resource that is gone: its series, queued sweep and last look.
+    fn forget(&self, namespace: &str, name: &str) {
+        self.metrics.forget(namespace, name);
+        self.queue().withdraw(namespace, name);
+        self.last_looks.forget(namespace, name);
+    }
+
     fn queue(&self) -> std::sync::MutexGuard<'_, SweepQueue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -186,6 +196,7 @@ pub async fn run(
         ),
         client: client.clone(),
         writer: StatusWriter::new(config.leadership.clone(), metrics.clone()),
+        last_looks: looks::LastLooks::default(),
         metrics,
         stop: stop.clone(),
         limits: config.limits.clone(),
@@ -287,8 +298,7 @@ fn log_loop_error(context: &Context, result: LoopResult) {
         Ok(_) => {}
         Err(controller::Error::ObjectNotFound(gone)) => {
             let namespace = gone.namespace.clone().unwrap_or_default();
-            context.metrics.forget(&namespace, &gone.name);
-            context.queue().withdraw(&namespace, &gone.name);
+            context.forget(&namespace, &gone.name);
             tracing::debug!(resource = %gone, "resource deleted");
         }
         Err(err) => tracing::warn!(error = %err, "controller loop"),
@@ -307,15 +317,18 @@ async fn forget_deleted(ctx: Arc<Context>) {
             () = tokio::time::sleep(FORGET_INTERVAL) => {}
             () = ctx.stop.cancelled() => return,
         }
-        for (namespace, name) in ctx.metrics.tracked() {
+        let mut known = ctx.metrics.tracked();
+        known.extend(ctx.last_looks.resources());
+        known.sort_unstable();
+        known.dedup();
+        for (namespace, name) in known {
             let resource = ObjectRef::<Cached>::new(&name).within(&namespace);
             if ctx
                 .stores
                 .iter()
                 .all(|store| store.get(&resource).is_none())
             {
-                ctx.metrics.forget(&namespace, &name);
-                ctx.queue().withdraw(&namespace, &name);
+                ctx.forget(&namespace, &name);
                 tracing::debug!(%resource, "resource deleted; its series removed");
             }
         }

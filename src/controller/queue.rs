@@ -29,10 +29,10 @@ impl Ticket {
     }
 }
 
-/// A resource's key in the queue's maps: namespace, name.
-type ResourceKey = (String, String);
+/// A resource's key in maps by resource: namespace, name.
+pub type ResourceKey = (String, String);
 
-fn resource_key(namespace: &str, name: &str) -> ResourceKey {
+pub fn resource_key(namespace: &str, name: &str) -> ResourceKey {
     (namespace.to_owned(), name.to_owned())
 }
 

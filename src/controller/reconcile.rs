@@ -13,6 +13,7 @@ use kube::{Api, ResourceExt};
 
 use super::conditions::{self, Health};
 use super::decide::{self, Activity, Decision, Situation};
+use super::looks::NextLook;
 use super::queue::Ticket;
 use super::reason::Reason;
 use super::settings::{self, Plan, Problem};
@@ -20,6 +21,16 @@ use super::{BUSY_RECHECK, Cached, Context, Error};
 use crate::api::{MultipartCleanup, MultipartCleanupStatus, RUN_REQUESTED_ANNOTATION};
 
 pub async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Most often the event of this controller's own status write, already looked at. A run's
+    // final status left unwritten is written first, whatever the last look decided.
+    let unwritten = (cached.uid()).is_some_and(|uid| ctx.writer.has_unwritten(&uid));
+    if let Some(action) = ctx
+        .last_looks
+        .still_holds(cached.as_ref())
+        .filter(|_| !unwritten)
+    {
+        return Ok(action);
+    }
     let _slot = (ctx.reconcile_slots.acquire().await).expect("the semaphore is never closed");
     // The CRD is namespaced: every object the API server hands out has one.
     let namespace = cached.namespace().unwrap_or_default();
@@ -28,8 +39,7 @@ pub async fn reconcile(cached: Arc<Cached>, ctx: Arc<Context>) -> Result<Action,
     // The watch cache can lag behind this controller's own last status write; deciding from it
     // could sweep twice or write an older status over a newer one. One GET avoids both.
     let Some(mpc) = api.get_opt(&name).await? else {
-        ctx.metrics.forget(&namespace, &name);
-        ctx.queue().withdraw(&namespace, &name);
+        ctx.forget(&namespace, &name);
         return Ok(Action::await_change());
     };
     let mpc = write_unwritten(&ctx, &api, mpc).await?;
@@ -47,7 +57,7 @@ pub async fn look(
     let ticket = ticket_of(mpc);
     let activity = ctx.queue().activity(&ticket);
     match examine(ctx, api, mpc, activity).await? {
-        Examined::Done(action) => Ok(action),
+        Examined::Done(next) => Ok(next.action()),
         Examined::Due(due) => {
             let wait = {
                 let mut queue = ctx.queue();
@@ -88,6 +98,11 @@ pub async fn look(
                     );
                     let written = ctx.writer.write(api, &due.mpc, &status).await;
                     ctx.queue().release(&ticket);
+                    // Looked at again, it would still be queued and say so: nothing to do
+                    // until it changes (its sweep writes the next status).
+                    if let Ok(Some(written)) = &written {
+                        ctx.last_looks.record(written, NextLook::OnChange);
+                    }
                     written
                 }
             };
@@ -158,8 +173,8 @@ pub struct Due {
 }
 
 pub enum Examined {
-    /// Status written; look again as the action says.
-    Done(Action),
+    /// Status written; look again as it says.
+    Done(NextLook),
     Due(Box<Due>),
 }
 
@@ -191,8 +206,7 @@ pub async fn examine(
                 now,
             );
             warn_if_new(ctx, mpc, &old, &problem).await;
-            ctx.writer.write(api, mpc, &status).await?;
-            return Ok(Examined::Done(Action::await_change()));
+            return written(ctx, api, mpc, &status, NextLook::OnChange).await;
         }
     };
     if plan.lifecycle.is_none() {
@@ -212,8 +226,11 @@ pub async fn examine(
     if lost_run {
         decide::record_lost_run(&mut status, generation, now);
     }
-    let action = match decision {
-        Decision::Busy => return Ok(Examined::Done(Action::requeue(BUSY_RECHECK))),
+    let next = match decision {
+        Decision::Busy => {
+            ctx.last_looks.record(mpc, NextLook::After(BUSY_RECHECK));
+            return Ok(Examined::Done(NextLook::After(BUSY_RECHECK)));
+        }
         Decision::Run => {
             return Ok(Examined::Due(Box::new(Due {
                 mpc: mpc.clone(),
@@ -228,7 +245,7 @@ pub async fn examine(
                 "suspended: no sweeps run until spec.suspend is false",
             );
             set_health(&mut status, &health, generation, now);
-            Action::await_change()
+            NextLook::OnChange
         }
         Decision::Wait { until, health } => {
             status.next_run_time = Some(Time(until));
@@ -240,16 +257,29 @@ pub async fn examine(
     };
     ctx.queue()
         .withdraw(&mpc.namespace().unwrap_or_default(), &mpc.name_any());
-    ctx.writer.write(api, mpc, &status).await?;
-    Ok(Examined::Done(action))
+    written(ctx, api, mpc, &status, next).await
 }
 
-pub fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
+/// Writes the status a look decided on and notes the decision for the resource as written.
+async fn written(
+    ctx: &Context,
+    api: &Api<MultipartCleanup>,
+    mpc: &MultipartCleanup,
+    status: &MultipartCleanupStatus,
+    next: NextLook,
+) -> Result<Examined, Error> {
+    if let Some(written) = ctx.writer.write(api, mpc, status).await? {
+        ctx.last_looks.record(&written, next);
+    }
+    Ok(Examined::Done(next))
+}
+
+pub fn requeue_at(at: Timestamp, now: Timestamp) -> NextLook {
     let wait = at
         .duration_since(now)
         .as_secs_f64()
         .clamp(1.0, 24.0 * 3600.0);
-    Action::requeue(Duration::from_secs_f64(wait))
+    NextLook::After(Duration::from_secs_f64(wait))
 }
 
 pub fn set_health(

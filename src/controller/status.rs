@@ -136,6 +136,11 @@ impl StatusWriter {
         lock(&self.unwritten).remove(uid)
     }
 
+    /// Whether a final status of the resource with this UID waits to be written.
+    pub fn has_unwritten(&self, uid: &str) -> bool {
+        lock(&self.unwritten).contains_key(uid)
+    }
+
     /// Puts back what [`Self::take_unwritten`] gave, when writing it failed again.
     pub fn keep_unwritten(&self, resource: &MultipartCleanup, status: MultipartCleanupStatus) {
         if let Some(uid) = resource.metadata.uid.clone() {

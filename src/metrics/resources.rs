@@ -61,49 +61,54 @@ impl ReconcileFailure {
     }
 }
 
-/// A counter that every finished sweep adds to.
-struct SweepCounter {
+/// A family of series per resource: its name, its help, and how a value is had from `T`.
+struct Family<T, V> {
     name: &'static str,
     help: &'static str,
-    of: fn(&SweepSummary) -> u64,
+    of: fn(&T) -> V,
 }
 
-const SWEEP_COUNTERS: [SweepCounter; 7] = [
-    SweepCounter {
-        name: "mpu_sweeper_uploads_found_total",
-        help: "Incomplete uploads listed.",
-        of: |s| s.found,
-    },
-    SweepCounter {
-        name: "mpu_sweeper_uploads_stale_total",
-        help: "Uploads older than maxAge.",
-        of: |s| s.stale,
-    },
-    SweepCounter {
-        name: "mpu_sweeper_uploads_aborted_total",
-        help: "Uploads aborted.",
-        of: |s| s.aborted,
-    },
-    SweepCounter {
-        name: "mpu_sweeper_uploads_already_gone_total",
-        help: "Stale uploads completed or aborted by someone else first.",
-        of: |s| s.already_gone,
-    },
-    SweepCounter {
-        name: "mpu_sweeper_uploads_failed_total",
-        help: "Uploads whose abort failed.",
-        of: |s| s.failed,
-    },
-    SweepCounter {
-        name: "mpu_sweeper_throttled_total",
-        help: "Answers asking for a slower pace (503, SlowDown); the requests were retried after a backoff.",
-        of: |s| s.throttled,
-    },
-    SweepCounter {
-        name: "mpu_sweeper_bytes_freed_total",
-        help: "Bytes held by aborted uploads (when measureBytes is on).",
-        of: |s| s.bytes_freed.unwrap_or(0),
-    },
+const fn family<T, V>(name: &'static str, help: &'static str, of: fn(&T) -> V) -> Family<T, V> {
+    Family { name, help, of }
+}
+
+/// Counters that every finished sweep adds to.
+const SWEEP_COUNTERS: [Family<SweepSummary, u64>; 7] = [
+    family(
+        "mpu_sweeper_uploads_found_total",
+        "Incomplete uploads listed.",
+        |s| s.found,
+    ),
+    family(
+        "mpu_sweeper_uploads_stale_total",
+        "Uploads older than maxAge.",
+        |s| s.stale,
+    ),
+    family(
+        "mpu_sweeper_uploads_aborted_total",
+        "Uploads aborted.",
+        |s| s.aborted,
+    ),
+    family(
+        "mpu_sweeper_uploads_already_gone_total",
+        "Stale uploads completed or aborted by someone else first.",
+        |s| s.already_gone,
+    ),
+    family(
+        "mpu_sweeper_uploads_failed_total",
+        "Uploads whose abort failed.",
+        |s| s.failed,
+    ),
+    family(
+        "mpu_sweeper_throttled_total",
+        "Answers asking for a slower pace (503, SlowDown); the requests were retried after a backoff.",
+        |s| s.throttled,
+    ),
+    family(
+        "mpu_sweeper_bytes_freed_total",
+        "Bytes held by aborted uploads (when measureBytes is on).",
+        |s| s.bytes_freed.unwrap_or(0),
+    ),
 ];
 
 const RUNS: &str = "mpu_sweeper_runs_total";
@@ -111,24 +116,18 @@ const RUN_DURATION: &str = "mpu_sweeper_run_duration_seconds";
 const RUN_DURATION_BOUNDS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
 const RECONCILE_ERRORS: &str = "mpu_sweeper_reconcile_errors_total";
 
-/// A gauge holding when something last happened to a resource's bucket.
-struct TimestampGauge {
-    name: &'static str,
-    help: &'static str,
-    of: fn(&Series) -> Option<f64>,
-}
-
-const TIMESTAMP_GAUGES: [TimestampGauge; 2] = [
-    TimestampGauge {
-        name: "mpu_sweeper_last_run_timestamp_seconds",
-        help: "Unix time the last sweep completed.",
-        of: |s| s.last_run,
-    },
-    TimestampGauge {
-        name: "mpu_sweeper_last_success_timestamp_seconds",
-        help: "Unix time the last fully successful sweep completed.",
-        of: |s| s.last_success,
-    },
+/// Gauges of when something last happened to a resource's bucket.
+const TIMESTAMP_GAUGES: [Family<Series, Option<f64>>; 2] = [
+    family(
+        "mpu_sweeper_last_run_timestamp_seconds",
+        "Unix time the last sweep completed.",
+        |s| s.last_run,
+    ),
+    family(
+        "mpu_sweeper_last_success_timestamp_seconds",
+        "Unix time the last fully successful sweep completed.",
+        |s| s.last_success,
+    ),
 ];
 
 #[derive(Default)]
