@@ -52,9 +52,16 @@ impl LastLooks {
         self.by_resource.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes what a look at `resource`, as it is now stored, decided.
-    pub fn record<K: Resource>(&self, resource: &K, next: NextLook) {
-        let meta = resource.meta();
+    /// Notes what a look at `decided_from` decided, for `stored`: the resource as it is now
+    /// stored (as written after the look, or as read). Nothing is noted when the two differ in
+    /// what a decision reads besides the status (the spec, by its generation, and annotations
+    /// such as a run request): the status writer may have written onto a newer version that a
+    /// user changed meanwhile, and that version must be looked at afresh.
+    pub fn record<K: Resource>(&self, decided_from: &K, stored: &K, next: NextLook) {
+        let (from, meta) = (decided_from.meta(), stored.meta());
+        if from.generation != meta.generation || from.annotations != meta.annotations {
+            return;
+        }
         let (Some(namespace), Some(name), Some(uid), Some(resource_version)) = (
             &meta.namespace,
             &meta.name,
@@ -133,7 +140,8 @@ mod tests {
             None,
             "never looked at"
         );
-        looks.record(&stored("u1", "7"), NextLook::After(Duration::from_secs(60)));
+        let at = |rv| stored("u1", rv);
+        looks.record(&at("7"), &at("7"), NextLook::After(Duration::from_secs(60)));
         let action = looks.still_holds(&stored("u1", "7"));
         assert!(action.is_some_and(|a| a != Action::await_change()));
         assert_eq!(looks.still_holds(&stored("u1", "8")), None, "changed since");
@@ -144,11 +152,12 @@ mod tests {
         );
         // A decision whose time has come (or nearly) is taken again.
         looks.record(
-            &stored("u1", "7"),
+            &at("7"),
+            &at("7"),
             NextLook::After(Duration::from_millis(500)),
         );
         assert_eq!(looks.still_holds(&stored("u1", "7")), None);
-        looks.record(&stored("u1", "7"), NextLook::OnChange);
+        looks.record(&at("7"), &at("7"), NextLook::OnChange);
         assert_eq!(
             looks.still_holds(&stored("u1", "7")),
             Some(Action::await_change())
@@ -156,5 +165,32 @@ mod tests {
         looks.forget("ns", "mpc");
         assert_eq!(looks.still_holds(&stored("u1", "7")), None);
         assert!(looks.resources().is_empty());
+    }
+
+    #[test]
+    fn a_decision_is_not_noted_for_a_version_changed_since_it_was_made() {
+        let looks = LastLooks::default();
+        // The status writer retried onto version 9, where a user had changed the spec...
+        let mut changed = stored("u1", "9");
+        changed.metadata.generation = Some(2);
+        looks.record(&stored("u1", "7"), &changed, NextLook::OnChange);
+        assert_eq!(looks.still_holds(&changed), None);
+        // ...or asked for a run.
+        let mut requested = stored("u1", "9");
+        requested.metadata.annotations = Some(
+            [(
+                crate::api::RUN_REQUESTED_ANNOTATION.to_owned(),
+                "now".to_owned(),
+            )]
+            .into(),
+        );
+        looks.record(&stored("u1", "7"), &requested, NextLook::OnChange);
+        assert_eq!(looks.still_holds(&requested), None);
+        // A status written onto the version decided from is noted.
+        looks.record(&stored("u1", "7"), &stored("u1", "8"), NextLook::OnChange);
+        assert_eq!(
+            looks.still_holds(&stored("u1", "8")),
+            Some(Action::await_change())
+        );
     }
 }

@@ -98,11 +98,6 @@ pub async fn look(
                     );
                     let written = ctx.writer.write(api, &due.mpc, &status).await;
                     ctx.queue().release(&ticket);
-                    // Looked at again, it would still be queued and say so: nothing to do
-                    // until it changes (its sweep writes the next status).
-                    if let Ok(Some(written)) = &written {
-                        ctx.last_looks.record(written, NextLook::OnChange);
-                    }
                     written
                 }
             };
@@ -228,7 +223,8 @@ pub async fn examine(
     }
     let next = match decision {
         Decision::Busy => {
-            ctx.last_looks.record(mpc, NextLook::After(BUSY_RECHECK));
+            ctx.last_looks
+                .record(mpc, mpc, NextLook::After(BUSY_RECHECK));
             return Ok(Examined::Done(NextLook::After(BUSY_RECHECK)));
         }
         Decision::Run => {
@@ -269,7 +265,7 @@ async fn written(
     next: NextLook,
 ) -> Result<Examined, Error> {
     if let Some(written) = ctx.writer.write(api, mpc, status).await? {
-        ctx.last_looks.record(&written, next);
+        ctx.last_looks.record(mpc, &written, next);
     }
     Ok(Examined::Done(next))
 }
