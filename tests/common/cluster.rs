@@ -157,14 +157,10 @@ pub fn service_account_kubeconfig(admin: &Path, namespace: &str, name: &str) -> 
     path
 }
 
-/// A fresh namespace for one test.
+/// A fresh namespace for one test. The bed never removes namespaces (it runs no namespace
+/// controller), so the name must not depend on the PID alone.
 pub async fn namespace(client: &Client, tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "e2e-{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = super::unique_name("e2e", tag);
     let api: Api<Namespace> = Api::all(client.clone());
     let namespace = Namespace {
         metadata: ObjectMeta {

@@ -192,13 +192,19 @@ impl Server {
 
 /// A bucket name unique to this process and call.
 pub fn bucket_name(tag: &str) -> String {
+    unique_name("t", tag)
+}
+
+/// `{prefix}-{tag}-...`, unique to this process and call, and to this moment: names left on the
+/// shared beds by earlier runs must not collide when a PID comes round again.
+pub fn unique_name(prefix: &str, tag: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
     format!(
-        "t-{tag}-{}-{:x}-{}",
+        "{prefix}-{tag}-{}-{:x}-{}",
         std::process::id(),
         nanos,
         COUNTER.fetch_add(1, Ordering::Relaxed)
