@@ -611,13 +611,15 @@ async fn frequent_schedules_are_refused_and_run_requests_wait_for_the_minimum_in
         "{message}"
     );
 
+    // Not the default @hourly: a first run just before the hour would show its next scheduled
+    // run, minutes away, as if it were the request's wait.
     create_cleanup(
         &kube.client,
         &namespace,
         "requested",
         &ceph,
         &bucket,
-        serde_json::json!({}),
+        serde_json::json!({"schedule": "@every 1h"}),
     )
     .await;
     let first = wait_for_reason(&kube.client, &namespace, "requested", "Succeeded").await;
