@@ -256,15 +256,51 @@ async fn across_a_round_trip_more_requests_are_kept_in_flight_up_to_the_bound(se
 }
 
 async fn an_internal_error_burst_is_retried(server: Server) {
-    let scene = scene(server, "burst", &[("old/", 60)]).await;
+    const STALE: usize = 60;
+    const ERRORS: u64 = 30;
+    let scene = scene(server, "burst", &[("old/", STALE)]).await;
     scene.proxy.add_rule(
         Rule::on(Op::AbortMultipartUpload)
-            .window(5, 30)
+            .window(5, ERRORS)
             .then(Action::internal_error()),
     );
     let run = scene.sweep(&[]);
-    assert_eq!(run.status, 0, "stderr: {}", run.stderr);
-    assert_eq!(counts(&run.json()), [63, 60, 60, 0, 0, 0]);
+    let json = run.json();
+    let [found, stale, aborted, gone, failed, skipped] = counts(&json);
+    assert_eq!(
+        scene.proxy.rules()[0].fired,
+        ERRORS,
+        "the whole burst was sent"
+    );
+    // Each upload gets its attempts; the burst is counted in requests, so an upload whose
+    // retries all come back inside it fails (and the next run takes it), but the burst can use
+    // up the attempts of no more than ERRORS / attempts uploads: without retries it would fail 30.
+    let attempts = mpu_sweeper::sweep::RetryPolicy::default().max_attempts;
+    eprintln!("a burst of {ERRORS} errors: {aborted} aborted, {failed} failed");
+    assert!(
+        failed <= ERRORS / u64::from(attempts),
+        "{failed} failed; stderr: {}",
+        run.stderr
+    );
+    assert_eq!(
+        [found, stale, aborted + failed, gone, skipped],
+        [STALE as u64 + 3, STALE as u64, STALE as u64, 0, 0]
+    );
+    assert_eq!(
+        run.status,
+        if failed == 0 { 0 } else { 1 },
+        "stderr: {}",
+        run.stderr
+    );
+    let tries = scene.proxy.counts_by_upload(Op::AbortMultipartUpload);
+    let exhausted = tries.values().filter(|&&n| n >= attempts as usize).count();
+    assert!(exhausted as u64 >= failed, "{tries:?}");
+
+    // The burst is over: the next run aborts what it left.
+    scene.proxy.clear_rules();
+    let again = scene.sweep(&[]);
+    assert_eq!(again.status, 0, "stderr: {}", again.stderr);
+    assert_eq!(again.json()["aborted"].as_u64(), Some(failed));
     scene.assert_only_young_left().await;
 }
 

@@ -49,9 +49,11 @@ fn cases() -> Vec<Case> {
             stale: 8,
             rules: |bucket| {
                 vec![
+                    // Fewer errors than a request's attempts, so that no upload can use up its
+                    // attempts inside the burst, however the retries fall.
                     Rule::on(Op::AbortMultipartUpload)
                         .bucket(bucket)
-                        .window(2, 10)
+                        .window(2, 4)
                         .then(Action::internal_error()),
                 ]
             },
