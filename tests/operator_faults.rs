@@ -252,6 +252,83 @@ async fn api_server_restart_under_a_running_controller() {
     assert!(controller.get("/healthz").is_some());
 }
 
+/// A run whose status the API server refuses for longer than the writer's retries (about half a
+/// minute): the sweep is over and no watch event will come, yet the resource must not be left as
+/// it was (its next run never decided, so never swept again). Here the controller's
+/// ServiceAccount loses the right to write status, then gets it back; the run's status is then
+/// written, and the bucket is not swept twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_status_was_refused_is_written_once_the_api_server_takes_it() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some((kube, ceph)) = kube_and_ceph().await else {
+        return;
+    };
+    let s3 = ceph.client().await;
+    let bucket = create_bucket(&s3, "fault-status").await;
+    create_uploads(&s3, &bucket, &keys("old/", 3)).await;
+    tokio::time::sleep(AGE_WAIT).await;
+    let namespace = namespace_with_credentials(&kube.client, "fault-status", &ceph).await;
+    // A controller ServiceAccount of this namespace, its right to write status in a binding of
+    // its own.
+    let rbac = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: sweeper, namespace: {namespace}}}\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: sweeper, namespace: {namespace}}}\n\
+         rules:\n- {{apiGroups: [mpusweeper.io], resources: [multipartcleanups], verbs: [get, list, watch]}}\n\
+         - {{apiGroups: [''], resources: [secrets], verbs: [get]}}\n\
+         - {{apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}}\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: sweeper-status, namespace: {namespace}}}\n\
+         rules:\n- {{apiGroups: [mpusweeper.io], resources: [multipartcleanups/status], verbs: [get, patch]}}\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: sweeper, namespace: {namespace}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: sweeper}}\n\
+         subjects: [{{kind: ServiceAccount, name: sweeper, namespace: {namespace}}}]\n"
+    );
+    kubectl_stdin(&kube.kubeconfig, &["apply", "-f", "-"], &rbac);
+    let status_binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: sweeper-status, namespace: {namespace}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: sweeper-status}}\n\
+         subjects: [{{kind: ServiceAccount, name: sweeper, namespace: {namespace}}}]\n"
+    );
+    let kubeconfig = service_account_kubeconfig(&kube.kubeconfig, &namespace, "sweeper");
+    let controller = ControllerProcess::start_as(&kubeconfig, &["--namespace", &namespace], &[]);
+    create_cleanup(
+        &kube.client,
+        &namespace,
+        "refused",
+        &ceph,
+        &bucket,
+        serde_json::json!({"schedule": "@every 1h"}),
+    )
+    .await;
+
+    // The run sweeps the bucket, then its status write is refused until the writer gives up.
+    eventually("the bucket swept", WAIT, || async {
+        remaining_uploads(&s3, &bucket)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    eventually("the status writer giving up", WAIT, || async {
+        controller
+            .log()
+            .contains("sweep could not finish")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        status_of(&kube.client, &namespace, "refused").await,
+        Default::default(),
+        "no status written yet"
+    );
+
+    kubectl_stdin(&kube.kubeconfig, &["apply", "-f", "-"], &status_binding);
+    let status = wait_for_reason(&kube.client, &namespace, "refused", "Succeeded").await;
+    let last_run = status.last_run.as_ref().expect("the run's summary");
+    assert_eq!((last_run.stale, last_run.aborted), (3, 3), "{status:?}");
+    assert_eq!(status.total_aborted, 3, "swept once: {status:?}");
+    assert!(status.next_run_time.is_some(), "the next run decided");
+}
+
 /// An API server that accepts connections and never answers: the watches never list, so the
 /// controller is never ready, and SIGTERM must still end it (the readiness wait used to hold
 /// the shutdown forever). It needs no bed: the stalled server is a listener of the test's own.

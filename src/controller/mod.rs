@@ -100,6 +100,8 @@ struct Context {
     writer: StatusWriter,
     /// What the last look at each resource decided.
     last_looks: looks::LastLooks,
+    /// Reconcile triggers, one per watch.
+    look_again: LookAgain,
 }
 
 impl Context {
@@ -108,6 +110,14 @@ impl Context {
         self.metrics.forget(namespace, name);
         self.queue().withdraw(namespace, name);
         self.last_looks.forget(namespace, name);
+    }
+
+    /// Has the resource reconciled again (and again, by the error policy, until one succeeds).
+    /// For a sweep that ended without its status written or its next run decided: no watch
+    /// event would come, and without one the resource would never be swept again.
+    fn look_again(&self, namespace: &str, name: &str) {
+        self.last_looks.forget(namespace, name);
+        self.look_again.send(namespace, name);
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, SweepQueue> {
@@ -171,9 +181,11 @@ pub async fn run(
     };
     // Reconciles only read, decide and write: many may run at once, whatever the sweeps do.
     const RECONCILES_AT_ONCE: u16 = 32;
+    let (look_again, triggers) = LookAgain::new(&config.scope);
     let controllers: Vec<_> = apis
         .into_iter()
-        .map(|api| {
+        .zip(triggers)
+        .map(|(api, trigger)| {
             let (store, writer) = reflector::store();
             let changes = watcher(api, watcher::Config::default())
                 .default_backoff()
@@ -181,6 +193,7 @@ pub async fn run(
                 .reflect(writer)
                 .applied_objects();
             Controller::for_stream(changes, store)
+                .reconcile_on(trigger)
                 .with_config(controller::Config::default().concurrency(RECONCILES_AT_ONCE))
                 .graceful_shutdown_on(stop.clone().cancelled_owned())
         })
@@ -197,6 +210,7 @@ pub async fn run(
         client: client.clone(),
         writer: StatusWriter::new(config.leadership.clone(), metrics.clone()),
         last_looks: looks::LastLooks::default(),
+        look_again,
         metrics,
         stop: stop.clone(),
         limits: config.limits.clone(),
@@ -254,6 +268,46 @@ pub async fn run(
         readiness
     );
     tracing::info!("controller stopped");
+}
+
+/// One reconcile trigger per watch, in the order of the watches: a trigger sent to the watch of
+/// another namespace would find no such resource in its cache and read as a deletion.
+struct LookAgain {
+    /// `None` for the one watch of all namespaces.
+    senders: Vec<(
+        Option<String>,
+        futures::channel::mpsc::UnboundedSender<ObjectRef<Cached>>,
+    )>,
+}
+
+type Trigger = futures::channel::mpsc::UnboundedReceiver<ObjectRef<Cached>>;
+
+impl LookAgain {
+    fn new(scope: &Scope) -> (Self, Vec<Trigger>) {
+        let namespaces: Vec<Option<String>> = match scope {
+            Scope::AllNamespaces => vec![None],
+            Scope::Namespaces(namespaces) => namespaces.iter().cloned().map(Some).collect(),
+        };
+        let (senders, triggers) = namespaces
+            .into_iter()
+            .map(|namespace| {
+                let (sender, trigger) = futures::channel::mpsc::unbounded();
+                ((namespace, sender), trigger)
+            })
+            .unzip();
+        (Self { senders }, triggers)
+    }
+
+    fn send(&self, namespace: &str, name: &str) {
+        let watch = self
+            .senders
+            .iter()
+            .find(|(watched, _)| watched.as_deref().is_none_or(|w| w == namespace));
+        if let Some((_, sender)) = watch {
+            // Fails only once the controller loop is gone (shutdown): nothing left to look.
+            let _ = sender.unbounded_send(ObjectRef::new(name).within(namespace));
+        }
+    }
 }
 
 /// Resolves when `stop` comes before the watch has listed once. kube's graceful shutdown waits
@@ -367,6 +421,32 @@ mod tests {
         assert_eq!(annotations.keys().collect::<Vec<_>>(), [run_requested]);
         assert_eq!(cached.metadata.uid.as_deref(), Some("u1"));
         assert_eq!(cached.metadata.generation, Some(3));
+    }
+
+    #[test]
+    fn a_look_again_goes_to_the_watch_of_its_namespace() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (look_again, mut triggers) = LookAgain::new(&Scope::Namespaces(names(&["a", "b"])));
+        look_again.send("b", "x");
+        look_again.send("c", "y");
+        let second = triggers[1].try_recv().unwrap();
+        assert_eq!(
+            (second.namespace.as_deref(), second.name.as_str()),
+            (Some("b"), "x")
+        );
+        assert!(triggers[0].try_recv().is_err(), "nothing for a");
+        assert!(
+            triggers[1].try_recv().is_err(),
+            "an unwatched namespace goes nowhere"
+        );
+
+        let (look_again, mut triggers) = LookAgain::new(&Scope::AllNamespaces);
+        look_again.send("c", "y");
+        let only = triggers[0].try_recv().unwrap();
+        assert_eq!(
+            (only.namespace.as_deref(), only.name.as_str()),
+            (Some("c"), "y")
+        );
     }
 
     #[test]

@@ -77,9 +77,12 @@ async fn sweep_ticket(ctx: Arc<Context>, ticket: Ticket) {
         other => other.map(|_| ()),
     };
     if let Err(err) = result {
-        tracing::warn!(namespace = %ticket.namespace, name = %ticket.name, error = %err, "sweep could not finish");
+        tracing::warn!(namespace = %ticket.namespace, name = %ticket.name, error = %err, "sweep could not finish; the resource is looked at again");
         ctx.metrics
             .reconcile_error(&ticket.namespace, &ticket.name, (&err).into());
+        if !ctx.stop.is_cancelled() {
+            ctx.look_again(&ticket.namespace, &ticket.name);
+        }
     }
 }
 
