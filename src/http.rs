@@ -2,7 +2,6 @@
 //! or standing by for leadership).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,35 +24,38 @@ pub struct HttpState {
 /// `sync_limit` makes `/healthz` fail too, so that the kubelet restarts the controller: a watch
 /// whose first list stalls never recovers by itself, and an unready pod is never restarted.
 pub struct Readiness {
-    ready: AtomicBool,
-    changed: Mutex<Instant>,
+    /// Whether ready, and when that last changed.
+    state: Mutex<(bool, Instant)>,
     sync_limit: Duration,
 }
 
 impl Readiness {
     pub fn new(sync_limit: Duration) -> Self {
         Self {
-            ready: AtomicBool::new(false),
-            changed: Mutex::new(Instant::now()),
+            state: Mutex::new((false, Instant::now())),
             sync_limit,
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, (bool, Instant)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn set(&self, ready: bool) {
-        let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
-        if self.ready.swap(ready, Ordering::Relaxed) != ready {
-            *changed = Instant::now();
+        let mut state = self.state();
+        if state.0 != ready {
+            *state = (ready, Instant::now());
         }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.state().0
     }
 
     /// Not ready for longer than the limit.
     fn stuck(&self) -> bool {
-        let changed = *self.changed.lock().unwrap_or_else(|e| e.into_inner());
-        !self.is_ready() && changed.elapsed() > self.sync_limit
+        let (ready, changed) = *self.state();
+        !ready && changed.elapsed() > self.sync_limit
     }
 }
 

@@ -344,6 +344,12 @@ impl ResourceSeries {
         let bucket_name = format!("{RUN_DURATION}_bucket");
         let sum_name = format!("{RUN_DURATION}_sum");
         let count_name = format!("{RUN_DURATION}_count");
+        // The `le` labels, written once per scrape rather than once per resource.
+        let bounds: Vec<String> = RUN_DURATION_BOUNDS
+            .iter()
+            .map(f64::to_string)
+            .chain(["+Inf".to_owned()])
+            .collect();
         text::family(
             out,
             RUN_DURATION,
@@ -357,11 +363,7 @@ impl ResourceSeries {
                         continue;
                     }
                     let mut cumulative = 0;
-                    let bounds = RUN_DURATION_BOUNDS
-                        .iter()
-                        .map(f64::to_string)
-                        .chain(["+Inf".to_owned()]);
-                    for (bound, in_bucket) in bounds.zip(histogram.in_bucket) {
+                    for (bound, in_bucket) in bounds.iter().zip(histogram.in_bucket) {
                         cumulative += in_bucket;
                         let labels = [
                             ("name", name),
