@@ -636,6 +636,16 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
             .contains("mpu_sweeper_leader 1")
     );
 
+    // A standby stopped while it waits exits 0 and leaves the leader's lease alone (it gives
+    // the lease back only if one of its attempts took it).
+    let mut third = replica("replica-c");
+    eventually("replica-c standing by and ready", WAIT, || async {
+        (third.get("/readyz").map(|r| r.0) == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(third.terminate(), 0);
+    assert_eq!(holder().await.as_deref(), Some("replica-b"));
+
     // SIGTERM: exit 0 and hand the lease back.
     let mut second = second;
     assert_eq!(second.terminate(), 0);

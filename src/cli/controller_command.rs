@@ -260,6 +260,9 @@ async fn lead(
 ) -> bool {
     ready.set(true);
     if !elector.acquire(shutdown).await {
+        // An attempt cut short by the signal, or by its timeout, may still have taken the lease
+        // at the server: give it back (a no-op when another replica holds it).
+        elector.release().await;
         return false;
     }
     ready.set(false);

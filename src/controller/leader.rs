@@ -178,30 +178,35 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the lease up so that a standby takes over at once instead of after expiry.
+    /// Gives the lease up, if this replica holds it, so that a standby takes over at once
+    /// instead of after expiry. Bounded by the retry period: an API server that does not answer
+    /// must not hold up the exit (the lease then expires on its own).
     pub async fn release(&self) {
         self.leadership.give_up();
-        let result = async {
+        let release = async {
             let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
-                return Ok(());
+                return Ok(false);
             };
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             if spec.holder_identity.as_deref() != Some(&self.identity) {
-                return Ok(());
+                return Ok(false);
             }
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
             self.leases
                 .replace(&self.name, &PostParams::default(), &lease)
                 .await
-                .map(|_| ())
-        }
-        .await;
-        match result {
-            Ok(()) => tracing::info!(lease = %self.name, "released leadership"),
-            Err(err) => {
+                .map(|_| true)
+        };
+        match tokio::time::timeout(self.retry_period(), release).await {
+            Ok(Ok(true)) => tracing::info!(lease = %self.name, "released leadership"),
+            Ok(Ok(false)) => {}
+            Ok(Err(err)) => {
                 tracing::warn!(error = %err, "could not release the lease; it expires on its own")
             }
+            Err(_) => tracing::warn!(
+                "could not release the lease: the API server did not answer in time; it expires on its own"
+            ),
         }
     }
 
