@@ -129,7 +129,9 @@ class Config:
             memory_ns=_ints("BENCH_MEMORY_N", "1000 10000 100000"),
             memory_server=os.environ.get("BENCH_MEMORY_SERVER", "auto"),
             # Round-trip time: every tool through the fault proxy, "direct" meaning without it.
-            delay_ns=_ints("BENCH_DELAY_N", "2000"),
+            # 5,000: a mpu-sweeper run of 2,000 lasts 1-2 s and single runs differed by up to
+            # 45%; at 5,000 the peers' slowest runs (~21/s at +40 ms) still finish within the cap.
+            delay_ns=_ints("BENCH_DELAY_N", "5000"),
             delays=_words("BENCH_DELAYS", "direct 0 10 40"),
             delay_tools=_words("BENCH_DELAY_TOOLS", "mpu-sweeper mpu-sweeper-no-verify boto3 rclone"),
             # A server that answers 503 SlowDown above a request rate.
