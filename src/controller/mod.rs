@@ -115,9 +115,19 @@ impl Context {
     /// Has the resource reconciled again (and again, by the error policy, until one succeeds).
     /// For a sweep that ended without its status written or its next run decided: no watch
     /// event would come, and without one the resource would never be swept again.
+    /// It comes after [`LOOK_AGAIN_AFTER`]: a failure that comes back at once must not make a
+    /// loop of requests to the API server that has just failed.
     fn look_again(&self, namespace: &str, name: &str) {
         self.last_looks.forget(namespace, name);
-        self.look_again.send(namespace, name);
+        let Some(watch) = self.look_again.watch_of(namespace) else {
+            return;
+        };
+        let resource = ObjectRef::new(name).within(namespace);
+        tokio::spawn(async move {
+            tokio::time::sleep(LOOK_AGAIN_AFTER).await;
+            // Fails only once the controller loop is gone (shutdown): nothing left to look.
+            let _ = watch.unbounded_send(resource);
+        });
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, SweepQueue> {
@@ -274,13 +284,11 @@ pub async fn run(
 /// another namespace would find no such resource in its cache and read as a deletion.
 struct LookAgain {
     /// `None` for the one watch of all namespaces.
-    senders: Vec<(
-        Option<String>,
-        futures::channel::mpsc::UnboundedSender<ObjectRef<Cached>>,
-    )>,
+    senders: Vec<(Option<String>, TriggerSender)>,
 }
 
 type Trigger = futures::channel::mpsc::UnboundedReceiver<ObjectRef<Cached>>;
+type TriggerSender = futures::channel::mpsc::UnboundedSender<ObjectRef<Cached>>;
 
 impl LookAgain {
     fn new(scope: &Scope) -> (Self, Vec<Trigger>) {
@@ -298,17 +306,17 @@ impl LookAgain {
         (Self { senders }, triggers)
     }
 
-    fn send(&self, namespace: &str, name: &str) {
-        let watch = self
-            .senders
+    /// The trigger of the watch that holds `namespace`, if one does.
+    fn watch_of(&self, namespace: &str) -> Option<TriggerSender> {
+        self.senders
             .iter()
-            .find(|(watched, _)| watched.as_deref().is_none_or(|w| w == namespace));
-        if let Some((_, sender)) = watch {
-            // Fails only once the controller loop is gone (shutdown): nothing left to look.
-            let _ = sender.unbounded_send(ObjectRef::new(name).within(namespace));
-        }
+            .find(|(watched, _)| watched.as_deref().is_none_or(|w| w == namespace))
+            .map(|(_, sender)| sender.clone())
     }
 }
+
+/// How long after a sweep that could not finish its resource is looked at again.
+const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
 /// Resolves when `stop` comes before the watch has listed once. kube's graceful shutdown waits
 /// for the reconciles, which wait for that list: a watch that never lists (an API server that
@@ -427,26 +435,19 @@ mod tests {
     fn a_look_again_goes_to_the_watch_of_its_namespace() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let (look_again, mut triggers) = LookAgain::new(&Scope::Namespaces(names(&["a", "b"])));
-        look_again.send("b", "x");
-        look_again.send("c", "y");
-        let second = triggers[1].try_recv().unwrap();
-        assert_eq!(
-            (second.namespace.as_deref(), second.name.as_str()),
-            (Some("b"), "x")
-        );
+        let send = |watch: TriggerSender| {
+            watch
+                .unbounded_send(ObjectRef::new("x").within("b"))
+                .unwrap()
+        };
+        send(look_again.watch_of("b").expect("b is watched"));
+        assert!(triggers[1].try_recv().is_ok(), "b's watch");
         assert!(triggers[0].try_recv().is_err(), "nothing for a");
-        assert!(
-            triggers[1].try_recv().is_err(),
-            "an unwatched namespace goes nowhere"
-        );
+        assert!(look_again.watch_of("c").is_none(), "c is not watched");
 
         let (look_again, mut triggers) = LookAgain::new(&Scope::AllNamespaces);
-        look_again.send("c", "y");
-        let only = triggers[0].try_recv().unwrap();
-        assert_eq!(
-            (only.namespace.as_deref(), only.name.as_str()),
-            (Some("c"), "y")
-        );
+        send(look_again.watch_of("c").expect("all are watched"));
+        assert!(triggers[0].try_recv().is_ok());
     }
 
     #[test]
