@@ -61,6 +61,14 @@ impl Scope {
             Self::Namespaces(unique)
         }
     }
+
+    /// One entry per watch: the namespace it watches, or `None` for the watch of all.
+    fn watches(&self) -> Vec<Option<String>> {
+        match self {
+            Self::AllNamespaces => vec![None],
+            Self::Namespaces(namespaces) => namespaces.iter().cloned().map(Some).collect(),
+        }
+    }
 }
 
 pub struct ControllerConfig {
@@ -182,18 +190,15 @@ pub async fn run(
     ready: Arc<Readiness>,
     stop: CancellationToken,
 ) {
-    let apis: Vec<Api<Cached>> = match &config.scope {
-        Scope::AllNamespaces => vec![Api::all(client.clone())],
-        Scope::Namespaces(namespaces) => namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect(),
-    };
+    let watches = config.scope.watches();
+    let apis = watches.iter().map(|namespace| match namespace {
+        None => Api::<Cached>::all(client.clone()),
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+    });
     // Reconciles only read, decide and write: many may run at once, whatever the sweeps do.
     const RECONCILES_AT_ONCE: u16 = 32;
-    let (look_again, triggers) = LookAgain::new(&config.scope);
+    let (look_again, triggers) = LookAgain::new(watches.clone());
     let controllers: Vec<_> = apis
-        .into_iter()
         .zip(triggers)
         .map(|(api, trigger)| {
             let (store, writer) = reflector::store();
@@ -291,12 +296,9 @@ type Trigger = futures::channel::mpsc::UnboundedReceiver<ObjectRef<Cached>>;
 type TriggerSender = futures::channel::mpsc::UnboundedSender<ObjectRef<Cached>>;
 
 impl LookAgain {
-    fn new(scope: &Scope) -> (Self, Vec<Trigger>) {
-        let namespaces: Vec<Option<String>> = match scope {
-            Scope::AllNamespaces => vec![None],
-            Scope::Namespaces(namespaces) => namespaces.iter().cloned().map(Some).collect(),
-        };
-        let (senders, triggers) = namespaces
+    /// `watches` as [`Scope::watches`] gives them.
+    fn new(watches: Vec<Option<String>>) -> (Self, Vec<Trigger>) {
+        let (senders, triggers) = watches
             .into_iter()
             .map(|namespace| {
                 let (sender, trigger) = futures::channel::mpsc::unbounded();
@@ -434,7 +436,8 @@ mod tests {
     #[test]
     fn a_look_again_goes_to_the_watch_of_its_namespace() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let (look_again, mut triggers) = LookAgain::new(&Scope::Namespaces(names(&["a", "b"])));
+        let (look_again, mut triggers) =
+            LookAgain::new(Scope::Namespaces(names(&["a", "b"])).watches());
         let send = |watch: TriggerSender| {
             watch
                 .unbounded_send(ObjectRef::new("x").within("b"))
@@ -445,7 +448,7 @@ mod tests {
         assert!(triggers[0].try_recv().is_err(), "nothing for a");
         assert!(look_again.watch_of("c").is_none(), "c is not watched");
 
-        let (look_again, mut triggers) = LookAgain::new(&Scope::AllNamespaces);
+        let (look_again, mut triggers) = LookAgain::new(Scope::AllNamespaces.watches());
         send(look_again.watch_of("c").expect("all are watched"));
         assert!(triggers[0].try_recv().is_ok());
     }
