@@ -656,3 +656,59 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
         "lease released on shutdown"
     );
 }
+
+/// A scheduled run that changes nothing but the run itself costs one status write: counted as
+/// the resource's MODIFIED events on a watch (every write is one), against the runs they carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_run_costs_one_status_write() {
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let Some((kube, ceph)) = kube_and_ceph().await else {
+        return;
+    };
+    let s3 = ceph.client().await;
+    let bucket = create_bucket(&s3, "e2e-writes").await;
+    let namespace = namespace_with_credentials(&kube.client, "writes", &ceph).await;
+    let _controller = ControllerProcess::start(&kube, &["--namespace", &namespace]);
+    create_cleanup(
+        &kube.client,
+        &namespace,
+        "often",
+        &ceph,
+        &bucket,
+        serde_json::json!({"schedule": "@every 2s"}),
+    )
+    .await;
+    wait_for_reason(&kube.client, &namespace, "often", "Succeeded").await;
+
+    let api: Api<MultipartCleanup> = Api::namespaced(kube.client.clone(), &namespace);
+    let from = api
+        .get("often")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let params = WatchParams::default().fields("metadata.name=often");
+    let mut events = api.watch(&params, &from).await.unwrap().boxed();
+    let (mut writes, mut runs) = (0, std::collections::BTreeSet::new());
+    let window = tokio::time::sleep(Duration::from_secs(12));
+    tokio::pin!(window);
+    loop {
+        tokio::select! {
+            () = &mut window => break,
+            event = events.next() => match event {
+                Some(Ok(WatchEvent::Modified(mpc))) => {
+                    writes += 1;
+                    let status = mpc.status.unwrap_or_default();
+                    runs.insert(status.last_run.map(|run| run.start_time.0));
+                }
+                Some(Ok(WatchEvent::Bookmark(_))) => {}
+                other => panic!("unexpected watch event: {other:?}"),
+            },
+        }
+    }
+    eprintln!("{writes} status writes carrying {} runs", runs.len());
+    assert!(runs.len() >= 3, "runs every 2 s: {runs:?}");
+    assert_eq!(writes, runs.len(), "one write per run: {runs:?}");
+}
